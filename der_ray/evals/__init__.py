@@ -1,0 +1,1 @@
+"""Evaluation: answering dataset examples with experts and scoring the answers."""

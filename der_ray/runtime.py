@@ -1,0 +1,49 @@
+"""Starting or joining Ray, and process-level settings, for entrypoints only (never at import).
+
+Under ``ray job submit`` the job's environment carries ``RAY_ADDRESS`` and we simply connect. A local
+run starts a private single-node cluster bound to the loopback interface (Ray otherwise listens on
+every interface and advertises the routable IP even when asked for 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Configure der_ray's log lines for an entrypoint (library code only creates loggers)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "filelock", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def set_threads(n: int | None = None) -> None:
+    """Pin the driver's torch/OpenMP threads (Ray sets them for workers, not for the driver)."""
+    import torch
+
+    n = n or max(1, (os.cpu_count() or 2) // 2)
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    torch.set_num_threads(n)
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+             namespace: str = "der_ray") -> bool:
+    """Connect to ``address`` / ``$RAY_ADDRESS``, or start a local loopback cluster.
+
+    Returns:
+        True when this call started the cluster (the caller should ``ray.shutdown()`` it).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, namespace=namespace)  # job submit: resources are the cluster's
+        return False
+    # Keep every socket on 127.0.0.1 for local runs; see ray-2.60 notes (loopback binding).
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, namespace=namespace, include_dashboard=False,
+             log_to_driver=False)
+    return True
