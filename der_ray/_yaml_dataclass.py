@@ -45,9 +45,8 @@ def build(cls: type[T], data: Any, path: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{_join(path, str(unknown[0])) or unknown[0]}: unknown key; valid keys: {', '.join(sorted(fields))}"
-        )
+        key = _join(path, str(unknown[0]))
+        raise ConfigError(f"{key}: unknown key; valid keys: {', '.join(sorted(fields))}")
     kwargs = {name: _convert(hints[name], data[name], _join(path, name)) for name in fields if name in data}
     missing = [
         n for n, f in fields.items()

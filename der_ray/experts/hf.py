@@ -152,12 +152,12 @@ class HFExpert:
                 logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, keep-1, V) predicts the tail
             for b, i in enumerate(chunk):
-                cont = pairs[i][2]
-                tail = logp[b, keep - 1 - len(cont):]  # (len(cont), V)
-                target = torch.tensor(cont, device=self.device)
+                cont_ids = pairs[i][2]
+                tail = logp[b, keep - 1 - len(cont_ids):]  # (len(cont_ids), V)
+                target = torch.tensor(cont_ids, device=self.device)
                 sums[i] = float(tail.gather(1, target[:, None]).sum())
         results, k = [], 0
-        for q, opts in enumerate(options):
+        for opts in options:
             s = sums[k:k + len(opts)]
             ntok = [len(pairs[k + j][2]) for j in range(len(opts))]
             nch = [len(pairs[k + j][3]) for j in range(len(opts))]

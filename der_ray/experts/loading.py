@@ -79,7 +79,7 @@ def load_tokenizer_and_model(cfg: ExpertConfig, where: str, device: str) -> tupl
         raise AssetMissingError(f"expert {cfg.name!r}: cannot load {where!r}: {e}") from e
     except (SafetensorError, ValueError) as e:  # corrupt weights or an unsupported config
         raise AssetError(f"expert {cfg.name!r}: cannot load {where!r}: {e}") from e
-    model.to(device).eval()
+    model.to(device).eval()  # type: ignore[arg-type]  # transformers' stub wraps .to oddly
     if tokenizer.pad_token_id is None:  # batching needs a pad id; it is always masked out
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, model

@@ -16,14 +16,16 @@ transformers, tokenizers (lazily, inside the builders).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Family = Literal["byte_bpe", "sentencepiece"]
 
 _CORPUS = [
     "Question: What is the capital of France?\nAnswer: The capital of France is Paris.",
-    "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer: 3 + 4 = 7. The answer is 7.",
+    "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\n"
+    "Answer: 3 + 4 = 7. The answer is 7.",
     "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with one step.",
     "Natalia sold 48 clips in April and half as many in May. 48 / 2 = 24 and 48 + 24 = 72. #### 72",
     "def add(a, b):\n    return a + b\n\nprint(add(2, 3))",
@@ -69,10 +71,8 @@ def _sentencepiece_tokenizer(vocab_size: int):  # type: ignore[no-untyped-def]
     vocab = dict(base.get_vocab())
     for b in range(256):
         vocab.setdefault(f"<0x{b:02X}>", len(vocab))
-    import json
-
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m)
-              for m in json.loads(base.to_str())["model"]["merges"]]
+    raw = json.loads(base.to_str())["model"]["merges"]  # "a b" strings or [a, b] pairs by version
+    merges = [(str(a), str(b)) for a, b in (m.split(" ", 1) if isinstance(m, str) else m for m in raw)]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True,
                                fuse_unk=True))
     tok.normalizer = norm
@@ -104,7 +104,8 @@ def build_tiny_expert(out_dir: str | Path, family: Family = "byte_bpe", *, seed:
     out.mkdir(parents=True, exist_ok=True)
     if family == "byte_bpe":
         tok = _byte_bpe_tokenizer(vocab_size)
-        cfg_cls, model_cls, extra = LlamaConfig, LlamaForCausalLM, {}
+        cfg_cls, model_cls = LlamaConfig, LlamaForCausalLM
+        extra: dict[str, Any] = {}
     elif family == "sentencepiece":
         tok = _sentencepiece_tokenizer(vocab_size)
         cfg_cls, model_cls = Gemma3TextConfig, Gemma3ForCausalLM  # type: ignore[assignment]

@@ -50,7 +50,8 @@ def test_yaml_file_errors(tmp_path: Path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_pool_config(tmp_path / "missing.yaml")
     wrong = tmp_path / "wrong.yaml"
-    wrong.write_text("experts:\n  - name: a\n    source: asset:x\n    params_b: 1\n    generation: {max_new_tokens: -3}\n")
+    wrong.write_text("experts:\n  - name: a\n    source: asset:x\n    params_b: 1\n"
+                     "    generation: {max_new_tokens: -3}\n")
     with pytest.raises(ConfigError, match=r"wrong.yaml: experts\[0\].generation.max_new_tokens"):
         load_pool_config(wrong)
 

@@ -20,10 +20,11 @@ def test_chat_format_uses_template_and_system():
 
 
 def test_completion_format_few_shot():
-    cfg = PromptConfig(format="completion", few_shot=(FewShotExample("1+1?", " 2"), FewShotExample("2+2?", " 4")),
-                       stop=("\nQuestion:",))
+    shots = (FewShotExample("1+1?", " 2"), FewShotExample("2+2?", " 4"))
+    cfg = PromptConfig(format="completion", few_shot=shots, stop=("\nQuestion:",))
     f = PromptFormatter(cfg, object())
-    assert f.format("3+3?") == "Question: 1+1?\nAnswer: 2\n\nQuestion: 2+2?\nAnswer: 4\n\nQuestion: 3+3?\nAnswer:"
+    assert f.format("3+3?") == (
+        "Question: 1+1?\nAnswer: 2\n\nQuestion: 2+2?\nAnswer: 4\n\nQuestion: 3+3?\nAnswer:")
     assert f.stop == ("\nQuestion:",) and f.add_special_tokens is True
 
 
