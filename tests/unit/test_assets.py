@@ -127,7 +127,7 @@ def test_pins_are_complete_and_consistent() -> None:
 
 def test_installed_part_sizes_add_up_to_the_pins() -> None:
     """Cheap (stat only) check of the pins against whatever wheels are installed."""
-    from der_ray.assets.prepare import locate_parts
+    from der_ray.assets.gguf import locate_parts
 
     checked = 0
     for spec in ASSETS.values():
