@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled \
        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 
 echo "[test] ruff + mypy"
-"$venv/bin/ruff" check der_ray jobs tests benchmarks
+"$venv/bin/ruff" check .
 "$venv/bin/mypy" der_ray
 
 # Integration tests use the real SmolLM2 expert; converting it once takes ~20 s (cached afterwards).

@@ -165,3 +165,10 @@ def test_corrupt_model_dir_is_typed(tiny_dirs, tmp_path):
     (bad / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(AssetError, match="cannot load"):
         HFExpert(ExpertConfig(name="corrupt", source=f"dir:{bad}", params_b=0.1))
+
+
+def test_hub_source_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = ExpertConfig(name="hub", source="hf:der-ray-test/does-not-exist", params_b=0.1)
+    with pytest.raises(AssetMissingError, match="hub.*cannot load 'der-ray-test/does-not-exist'"):
+        HFExpert(cfg)
