@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,6 @@ from der_ray.scoring import (
     BERTScoreScorer,
     EmbeddingScorer,
     MiniLMEncoder,
-    bert_score_available,
     extract_number,
     get_scorer,
     normalize_answer,
@@ -325,7 +325,7 @@ def test_embedding_empty_inputs_do_not_load(tmp_path: Path) -> None:
         enc.encode("one string")  # type: ignore[arg-type]
 
 
-@pytest.mark.skipif(bert_score_available(), reason="bert_score is installed")
-def test_bertscore_missing_package_message() -> None:
+def test_bertscore_missing_package_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "bert_score", None)  # makes `import bert_score` fail
     with pytest.raises(ScorerError, match="pip install bert-score"):
         BERTScoreScorer().score("72", "72")
