@@ -197,3 +197,108 @@ def load_pool_config(path: str | os.PathLike[str] | None = None) -> PoolConfig:
         return pool_from_dict(data)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------ routing
+
+#: The DER paper's Knowledge Transfer Prompt (official code, environment.py), verbatim.
+DEFAULT_KTP = (
+    "{question} \nThese are the answers to the question from other student: \n{answer} \n"
+    "Using other student's answers as additional advice, you need to give a more satisfactory "
+    "answer directly. DO NOT mention other students."
+)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """r_t = s_t - cost_coef * c(m_t) + beta * (s_t - s_{t-1}); terminal +bonus if s_T >= p0, -bonus
+    when t_max calls end below p0 (see ``der_ray.routing.reward``)."""
+
+    cost_coef: float = 0.1
+    """lambda: weight of the cost term (what the Tune sweep varies)."""
+    cost: Literal["params", "tokens_params", "latency"] = "params"
+    """c(m): parameters in billions; generated tokens x params (per 1k tokens); or seconds."""
+    beta: float = 5.0
+    """Weight of the improvement term (paper: 5)."""
+    bonus: float = 2.0
+    """Terminal bonus/penalty B (paper: 2)."""
+    p0_similarity: float = 0.73
+    """Success threshold for similarity scores (paper: BERTScore F1 >= 0.73)."""
+    p0_exact: float = 1.0
+    """Success threshold for exact-match scores (numeric, alias, multiple choice)."""
+
+    def __post_init__(self) -> None:
+        check(self.cost_coef >= 0, "cost_coef", f"must be >= 0, got {self.cost_coef}")
+        check(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
+        check(self.bonus >= 0, "bonus", f"must be >= 0, got {self.bonus}")
+        check(0 < self.p0_similarity <= 1, "p0_similarity", "must be in (0, 1]")
+        check(0 < self.p0_exact <= 1, "p0_exact", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """The DER routing MDP: experts, prompts, limits, reward and observation encoding."""
+
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    t_max: int = 5
+    """At most this many expert calls per question (paper: 5)."""
+    ktp_template: str = DEFAULT_KTP
+    """Knowledge Transfer Prompt for steps >= 1; needs ``{question}`` and ``{answer}``."""
+    encoder: Literal["minilm", "hashing"] = "minilm"
+    """State text encoder: frozen all-MiniLM-L6-v2 (default) or a cheap hashing encoder (tests)."""
+    max_new_tokens: dict[str, int] = field(default_factory=lambda: {
+        "numeric": 192, "short_answer": 16, "multiple_choice": 4, "free_text": 128})
+    """Generation budget per answer type (multiple choice is answered by option likelihood)."""
+    scorer: str | None = None
+    """Scorer name for every domain; default: per answer type (``der_ray.scoring.scorer_for``)."""
+    expert_timeout_s: float = 600.0
+    """Timeout of one expert call made by the environment."""
+    cache_dir: str | None = None
+    """Response cache directory; default ``<cache root>/responses``."""
+
+    def __post_init__(self) -> None:
+        check(1 <= self.t_max <= 20, "t_max", f"must be in [1, 20], got {self.t_max}")
+        check("{question}" in self.ktp_template and "{answer}" in self.ktp_template, "ktp_template",
+              "must contain '{question}' and '{answer}'")
+        check(all(v > 0 for v in self.max_new_tokens.values()), "max_new_tokens", "values must be > 0")
+        check(self.expert_timeout_s > 0, "expert_timeout_s", "must be > 0")
+
+
+def router_from_dict(data: Any) -> RouterConfig:
+    """Validate a YAML-shaped dict into a ``RouterConfig`` (errors name the YAML key)."""
+    return build(RouterConfig, data, "router")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """PPO training of the router (RLlib new API stack)."""
+
+    iterations: int = 30
+    """``algo.train()`` calls."""
+    lr: float = 3e-4
+    gamma: float = 0.95
+    """Discount (paper: 0.95)."""
+    clip: float = 0.3
+    """PPO clip epsilon (paper: 0.3)."""
+    entropy_coeff: float = 0.01
+    vf_loss_coeff: float = 0.5
+    train_batch_size: int = 512
+    """Env steps per training iteration."""
+    minibatch_size: int = 128
+    num_epochs: int = 4
+    hidden: tuple[int, ...] = (128, 128)
+    """Policy/value MLP sizes on top of the observation vector."""
+    num_env_runners: int = 0
+    """0 runs the env in the driver (local mode); >0 uses remote EnvRunner actors."""
+    num_envs_per_env_runner: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.iterations >= 1, "iterations", "must be >= 1")
+        check(self.lr > 0, "lr", "must be > 0")
+        check(0 < self.gamma <= 1, "gamma", "must be in (0, 1]")
+        check(0 < self.clip < 1, "clip", "must be in (0, 1)")
+        check(self.minibatch_size <= self.train_batch_size, "minibatch_size", "must be <= train_batch_size")
+        check(all(h > 0 for h in self.hidden), "hidden", "sizes must be > 0")
+        check(self.num_env_runners >= 0, "num_env_runners", "must be >= 0")
+        check(self.num_envs_per_env_runner >= 1, "num_envs_per_env_runner", "must be >= 1")

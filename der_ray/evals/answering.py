@@ -1,17 +1,10 @@
 """Answer dataset examples with one expert and score the answers.
 
-How each answer type is asked (measured on the default experts, see ``expert-skills.md``):
-- multiple choice is answered by option likelihood ("cloze": each option as a continuation of
-  ``Question: ...\\nAnswer:``, length-normalised) because generated letters are at chance for
-  these experts; ``mc_mode="letter"`` asks for a letter instead;
-- numeric (GSM8K) gets a bounded chain of thought that ends in "The answer is N.";
-- short answers (TriviaQA, NQ) get a few tokens; free text a paragraph.
-Chat experts receive an instruction; completion (base) experts receive the bare question inside
-their few-shot format, since instructions mostly confuse base models.
+How each answer type is asked lives in ``der_ray.tasks`` (shared with routing).
 
 Work is planned as a list of batched ``Request``s, so that the same plan runs on a local
 ``HFExpert`` or is submitted to an expert actor all at once (actors then work in parallel).
-Imports: core, data.schema, scoring.
+Imports: core, data.schema, tasks, scoring.
 """
 
 from __future__ import annotations
@@ -20,17 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from der_ray.data.schema import FREE_TEXT, MULTIPLE_CHOICE, NUMERIC, SHORT_ANSWER, Example
+from der_ray.data.schema import MULTIPLE_CHOICE, Example
 from der_ray.scoring import get_scorer, scorer_for
-
-MAX_NEW_TOKENS = {NUMERIC: 256, SHORT_ANSWER: 16, FREE_TEXT: 128, MULTIPLE_CHOICE: 4}
-INSTRUCTIONS = {
-    NUMERIC: "{question}\nSolve it step by step, briefly, and finish with 'The answer is N.'",
-    SHORT_ANSWER: "Answer with a short phrase only, no explanation.\nQuestion: {question}",
-    FREE_TEXT: "{question}",
-    MULTIPLE_CHOICE: "{question}\n{options}\nAnswer with the letter of the correct option only.",
-}
-LETTERS = "ABCDEFGHIJ"
+from der_ray.tasks import MAX_NEW_TOKENS, cloze_context, generation_message
 
 
 @dataclass(frozen=True)
@@ -55,18 +40,6 @@ class Answer:
     latency_s: float
 
 
-def generation_message(ex: Example, prompt_format: str) -> str:
-    """The user message for a generative answer (chat experts get an instruction)."""
-    if prompt_format != "chat" and ex.answer_type != MULTIPLE_CHOICE:
-        return ex.question
-    options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(ex.choices))
-    return INSTRUCTIONS.get(ex.answer_type, "{question}").format(question=ex.question, options=options)
-
-
-def cloze_context(ex: Example) -> str:
-    return f"Question: {ex.question}\nAnswer:"
-
-
 def plan(examples: Sequence[Example], prompt_format: str, *, batch_size: int = 8,
          max_new_tokens: dict[str, int] | None = None,
          mc_mode: Literal["likelihood", "letter"] = "likelihood") -> list[Request]:
@@ -81,9 +54,9 @@ def plan(examples: Sequence[Example], prompt_format: str, *, batch_size: int = 8
         for start in range(0, len(idx), batch_size):
             chunk = tuple(idx[start:start + batch_size])
             if kind == "cloze":
-                requests.append(Request("score_options", ([cloze_context(examples[i]) for i in chunk],
-                                                          [list(examples[i].choices) for i in chunk]),
-                                        {}, chunk))
+                contexts = [cloze_context(examples[i].question) for i in chunk]
+                options = [list(examples[i].choices) for i in chunk]
+                requests.append(Request("score_options", (contexts, options), {}, chunk))
             else:
                 msgs = [generation_message(examples[i], prompt_format) for i in chunk]
                 requests.append(Request("generate", (msgs,), {"max_new_tokens": limits[answer_type]}, chunk))

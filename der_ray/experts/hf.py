@@ -228,6 +228,28 @@ class HFExpert:
             self.tokenizer.save_pretrained(d)
             return {p.name: p.read_bytes() for p in Path(d).iterdir() if p.is_file()}
 
+    def fingerprint(self) -> str:
+        """A stable id of these weights + tokenizer (cache keys use it: new weights, new answers).
+
+        Prepared assets carry the pinned GGUF sha256 in their manifest; other directories are
+        identified by the names, sizes and mtimes of their files, hub ids by id and revision.
+        """
+        import hashlib
+        import json
+
+        root = Path(self.model_dir)
+        manifest = root / "der_ray_asset.json"
+        if manifest.is_file():
+            return "gguf-sha256:" + str(json.loads(manifest.read_text()).get("gguf_sha256", ""))
+        if not root.is_dir():
+            return f"hub:{self.model_dir}@{self.cfg.revision or 'main'}"
+        h = hashlib.sha256()
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        return "files-sha256:" + h.hexdigest()[:32]
+
     def health(self) -> ExpertHealth:
         return ExpertHealth(
             name=self.name, ok=True, device=self.device, dtype=str(self.model.dtype).removeprefix("torch."),
