@@ -98,3 +98,14 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
         return value
     raise ConfigError(f"{path}: unsupported config type {tp!r}")  # a bug in a config class
+
+
+def to_dict(obj: Any) -> Any:
+    """The YAML-shaped dict of a config dataclass (inverse of ``build``: tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    return obj

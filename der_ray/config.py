@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from der_ray._yaml_dataclass import build, check
+from der_ray._yaml_dataclass import build, check, to_dict
 from der_ray.errors import ConfigError, UnknownExpertError
 
 DEFAULT_POOL_CONFIG = "experts.yaml"
@@ -175,6 +175,11 @@ class PoolConfig:
 def pool_from_dict(data: Any) -> PoolConfig:
     """Validate a YAML-shaped dict into a ``PoolConfig`` (errors name the YAML key)."""
     return build(PoolConfig, data)
+
+
+def config_to_dict(cfg: Any) -> Any:
+    """A config as a plain YAML-shaped dict (for env_config, Tune params, files)."""
+    return to_dict(cfg)
 
 
 def load_pool_config(path: str | os.PathLike[str] | None = None) -> PoolConfig:

@@ -29,7 +29,15 @@ from der_ray.data.schema import (
     validate_table,
 )
 from der_ray.data.sources import DATASETS, SOURCES, DatasetSpec, dataset_names, get_spec, load
-from der_ray.data.splits import DEFAULT_FRACTIONS, MIX_DOMAINS, multi_domain_mix, sample, shuffle, split
+from der_ray.data.splits import (
+    DEFAULT_FRACTIONS,
+    MIX_DOMAINS,
+    multi_domain_mix,
+    sample,
+    shuffle,
+    split,
+    split_mix,
+)
 
 __all__ = [
     "ANSWER_TYPES",
@@ -58,6 +66,7 @@ __all__ = [
     "sample",
     "shuffle",
     "split",
+    "split_mix",
     "table_from_columns",
     "table_from_examples",
     "validate_table",

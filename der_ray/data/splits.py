@@ -152,3 +152,35 @@ def multi_domain_mix(
             raise DatasetError(f"domain {domain!r} has only {table.num_rows} rows, per_domain={per_domain}")
         parts.append(sample(table, per_domain, seed))
     return validate_table(shuffle(pa.concat_tables(parts), seed))
+
+
+def split_mix(
+    domains: Sequence[str],
+    part: str,
+    per_domain: int,
+    seed: int = 0,
+    fractions: Mapping[str, float] | None = None,
+) -> pa.Table:
+    """``per_domain`` rows of each domain from one part (train/dev/test) of its seeded split.
+
+    Training, cache precompute and evaluation jobs all draw their questions here, so train and test
+    rows are disjoint by construction (``split`` is a pure function of (id, seed)).
+
+    Raises:
+        DatasetError: unknown domain, or a part with fewer than ``per_domain`` rows.
+        ConfigError: bad fractions, unknown part, or bad ``per_domain``.
+    """
+    fractions = dict(fractions or DEFAULT_FRACTIONS)
+    if part not in fractions:
+        raise ConfigError(f"unknown split part {part!r}; valid: {list(fractions)}")
+    if isinstance(per_domain, bool) or not isinstance(per_domain, int) or per_domain <= 0:
+        raise ConfigError(f"per_domain must be a positive int, got {per_domain!r}")
+    parts = []
+    for domain in domains:
+        if domain not in DATASETS:
+            raise DatasetError(f"unknown domain {domain!r}; valid names: {dataset_names()}")
+        rows = split(load(domain), fractions, seed)[part]
+        if rows.num_rows < per_domain:
+            raise DatasetError(f"domain {domain!r} has only {rows.num_rows} {part} rows, need {per_domain}")
+        parts.append(sample(rows, per_domain, seed))
+    return validate_table(shuffle(pa.concat_tables(parts), seed))

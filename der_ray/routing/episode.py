@@ -148,4 +148,5 @@ class Episode:
             "params_b": sum(s.params_b for s in self.steps),
             "completion_tokens": sum(s.completion_tokens for s in self.steps),
             "cost": sum(s.cost for s in self.steps), "stopped": self.stopped,
+            "experts": list(self.task.names),
         }

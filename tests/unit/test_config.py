@@ -68,3 +68,12 @@ def test_sources_and_resources():
     assert split_source("/models/x") == ("dir", "/models/x")
     e = ExpertConfig(name="x", source="dir:/m", params_b=1.0)
     assert e.resources.threads == 1 and e.trust_remote_code is False
+
+
+def test_config_round_trips_through_a_plain_dict():
+    from der_ray.config import RouterConfig, config_to_dict, router_from_dict
+
+    pool = load_pool_config()
+    assert pool_from_dict(config_to_dict(pool)) == pool
+    router = RouterConfig()
+    assert router_from_dict(config_to_dict(router)) == router

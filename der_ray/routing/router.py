@@ -1,0 +1,73 @@
+"""``Router``: route questions with a trained policy at inference time (no Ray needed).
+
+Loads the RLModule from a training checkpoint (``routing.policy_io``), then runs the same
+``Episode`` transitions as training, choosing the greedy (masked) action at every step until STOP or
+``t_max`` calls. The callers may be local ``HFExpert``s, actor handles or cached wrappers.
+Imports: core, data, routing.{episode,encoder,policy_io}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from der_ray.config import PoolConfig, RouterConfig
+from der_ray.data.schema import Example
+from der_ray.routing.encoder import StateEncoder
+from der_ray.routing.episode import Episode, RoutingTask
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    """What a routed question produced."""
+
+    route: tuple[str, ...]
+    answers: tuple[str, ...]
+    answer: str
+    calls: int
+    params_b: float
+    completion_tokens: int
+    score: float | None
+    """Quality against the reference when the example has one (evaluation), else None."""
+
+
+class Router:
+    """Greedy DER routing with a trained ``RouterRLModule``."""
+
+    def __init__(self, module: Any, pool: PoolConfig, router: RouterConfig,
+                 callers: Mapping[str, Any]) -> None:
+        self.module = module
+        self.task = RoutingTask(pool, router, callers, StateEncoder(router.encoder))
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, pool: PoolConfig, router: RouterConfig,
+                        callers: Mapping[str, Any]) -> Router:
+        from der_ray.routing.policy_io import load_module
+
+        return cls(load_module(checkpoint), pool, router, callers)
+
+    def actions(self, observations: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """Greedy masked actions for a batch of observations."""
+        from der_ray.routing.policy_io import greedy_actions
+
+        batch = {k: np.stack([o[k] for o in observations]) for k in ("obs", "action_mask")}
+        return greedy_actions(self.module, batch)
+
+    def route(self, example: Example | str) -> RouteResult:
+        """Route one question (a bare string has no reference, so nothing is scored)."""
+        scored = isinstance(example, Example) and bool(example.reference)
+        if isinstance(example, str):
+            example = Example(id="request", domain="request", question=example, reference="")
+        ep = Episode(self.task, example, scored=scored)
+        while not ep.done:
+            ep.act(int(self.actions([ep.observation()])[0]))
+        return RouteResult(
+            route=tuple(ep.route), answers=tuple(s.text for s in ep.steps), answer=ep.answer or "",
+            calls=len(ep.steps), params_b=sum(s.params_b for s in ep.steps),
+            completion_tokens=sum(s.completion_tokens for s in ep.steps),
+            score=float(ep.score or 0.0) if scored else None,
+        )

@@ -1,0 +1,97 @@
+"""Train the DER router with RLlib PPO over the expert actors and the shared response cache.
+
+    python jobs/train_router.py --storage /abs/out/router                  # local Ray
+    ray job submit --working-dir . -- python jobs/train_router.py --storage /abs/out/router
+
+Checkpoints land in <storage>/checkpoints/iter_<n> (LATEST names the newest); re-running the same
+command after a kill resumes from LATEST. --local runs the experts in-process and the env in the
+driver (no expert actors, no remote env runners) so that breakpoints work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pool", help="expert pool YAML (default: the packaged three experts)")
+    p.add_argument("--experts", nargs="*", help="subset of expert names")
+    p.add_argument("--domains", nargs="*", default=["triviaqa", "gsm8k", "piqa", "nq_open"])
+    p.add_argument("--per-domain", type=int, default=30, help="training questions per domain")
+    p.add_argument("--seed", type=int, default=0, help="data split and PPO seed")
+    p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--train-batch-size", type=int, default=512)
+    p.add_argument("--cost-coef", type=float, default=0.1, help="lambda of the reward's cost term")
+    p.add_argument("--t-max", type=int, default=5)
+    p.add_argument("--encoder", choices=["minilm", "hashing"], default="minilm")
+    p.add_argument("--num-env-runners", type=int, default=0)
+    p.add_argument("--storage", default="out/router", help="checkpoint directory (made absolute)")
+    p.add_argument("--cache-dir", help="response cache (default <cache root>/responses)")
+    p.add_argument("--no-cache", action="store_true", help="call experts for every step")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing LATEST checkpoint")
+    p.add_argument("--local", action="store_true", help="experts in-process, env in the driver")
+    p.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local cluster)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    import ray
+
+    from der_ray import data
+    from der_ray.config import RewardConfig, RouterConfig, TrainConfig, config_to_dict, load_pool_config
+    from der_ray.errors import DerRayError
+    from der_ray.paths import cache_dir
+    from der_ray.routing.algo import EPISODE_RETURN_MEAN, build_ppo_config, get_metric
+    from der_ray.routing.env import RoutingEnv
+    from der_ray.routing.metrics import CALLS, PARAMS_B, QUALITY, RouterMetrics, prefixed
+    from der_ray.routing.training import train_router
+    from der_ray.runtime import init_ray, set_threads, setup_logging
+
+    setup_logging()
+    set_threads(1)
+    started = False
+    try:
+        pool = load_pool_config(args.pool).select(args.experts)
+        router = RouterConfig(reward=RewardConfig(cost_coef=args.cost_coef), t_max=args.t_max,
+                              encoder=args.encoder)
+        train = TrainConfig(iterations=args.iterations, train_batch_size=args.train_batch_size,
+                            minibatch_size=min(128, args.train_batch_size),
+                            num_env_runners=0 if args.local else args.num_env_runners, seed=args.seed)
+        rows = [ex.to_row() for ex in data.iter_examples(
+            data.split_mix(args.domains, "train", args.per_domain, args.seed))]
+        cache_root = Path(args.cache_dir or cache_dir() / "responses").resolve()
+        responses = None if args.no_cache else str(cache_root)
+        env_config = {"pool": config_to_dict(pool), "router": config_to_dict(router), "examples": rows,
+                      "experts": "local" if args.local else "actors", "cache": responses, "seed": args.seed}
+        started = init_ray(args.address)
+        if not args.local:
+            from der_ray.experts.actors import ExpertPool
+
+            print(f"starting {len(pool.experts)} expert actors ...", flush=True)
+            ExpertPool(pool).start()
+        storage = Path(args.storage).expanduser().resolve()
+
+        def report(it: int, result: dict) -> None:
+            print(f"iter {it:3d}  return {get_metric(result, EPISODE_RETURN_MEAN, float('nan')):7.3f}  "
+                  f"quality {get_metric(result, prefixed(QUALITY), float('nan')):.3f}  "
+                  f"calls {get_metric(result, prefixed(CALLS), float('nan')):.2f}  "
+                  f"params_b {get_metric(result, prefixed(PARAMS_B), float('nan')):.3f}", flush=True)
+
+        outcome = train_router(build_ppo_config(RoutingEnv, env_config, train, callbacks=RouterMetrics),
+                               train, storage, resume=not args.no_resume, on_result=report)
+        print(f"checkpoint: {outcome.checkpoint} (iterations {outcome.resumed_from} -> {outcome.iterations})")
+        return 0
+    except DerRayError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    finally:
+        if started:
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
