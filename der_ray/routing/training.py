@@ -89,10 +89,10 @@ def train_router(algo_config: Any, train: TrainConfig, storage: str | os.PathLik
         found = latest_checkpoint(root) if resume else None
         if found is not None:
             algo.restore_from_path(str(found))
-            if algo.env_runner_group is not None and algo.env_runner_group.num_remote_env_runners() > 0:
-                # Remote runners keep stale weights after an in-process restore (ray-2.60 notes §1.2).
-                algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group,
-                                                   inference_only=True)
+            # Env runners (local and remote) can keep their fresh weights after a restore
+            # (ray-2.60 notes §1.2; seen here with the local runner too): push the learner's.
+            algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group,
+                                               inference_only=True)
             start = int(algo.iteration)
             logger.info("resumed from %s (iteration %d)", found, start)
         outcome = TrainOutcome(checkpoint=found or root, iterations=start, resumed_from=start)

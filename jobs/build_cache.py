@@ -1,0 +1,121 @@
+"""Precompute the DER response cache: step-0 answers and KTP chains of every expert, in parallel.
+
+    python jobs/build_cache.py --domains triviaqa gsm8k piqa nq_open --per-domain 30 --split train
+    ray job submit --working-dir . -- python jobs/build_cache.py --cache-dir /abs/cache/responses
+
+Questions come from ``data.split_mix`` (the same seeded train/dev/test split as training and
+evaluation). Every call is built by ``routing.ktp.expert_call``, so PPO's env meets the same keys.
+All experts get their whole batch list submitted before any result is awaited. Prints hits, misses,
+unique calls and the wall time; a second run with the same flags is all hits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="expert pool YAML (default: the packaged three experts)")
+    p.add_argument("--router-config", help="YAML with the router section (KTP template, token budgets)")
+    p.add_argument("--experts", nargs="*", help="subset of expert names (default: all)")
+    p.add_argument("--domains", nargs="*", default=["triviaqa", "gsm8k", "piqa", "nq_open"])
+    p.add_argument("--per-domain", type=int, default=30, help="questions per domain")
+    p.add_argument("--split", default="train", help="part of the seeded 0.6/0.2/0.2 split: train, dev, test")
+    p.add_argument("--seed", type=int, default=0, help="split and sample seed")
+    p.add_argument("--depth", type=int, default=1, help="KTP steps after step 0 (0: step-0 answers only)")
+    p.add_argument("--batch-size", type=int, default=16, help="items per expert call")
+    p.add_argument("--cache-dir", help="response cache (default <cache root>/responses)")
+    p.add_argument("--report", help="also write the stats as JSON to this path")
+    p.add_argument("--keep-actors", action="store_true",
+                   help="leave expert actors this job started running (for a following job)")
+    p.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    import json
+
+    import ray
+    import yaml
+    from tqdm import tqdm
+
+    from der_ray import data
+    from der_ray.config import load_pool_config, router_from_dict
+    from der_ray.errors import ConfigError, DerRayError
+    from der_ray.experts.actors import ExpertPool, actor_name
+    from der_ray.paths import cache_dir
+    from der_ray.routing.cache import ResponseCache
+    from der_ray.routing.cached import CachedExpert, precompute_chains
+    from der_ray.runtime import init_ray, setup_logging
+
+    setup_logging()
+    started, pool, created = False, None, []
+    try:
+        t0 = time.perf_counter()
+        pool_cfg = load_pool_config(args.config).select(args.experts)
+        router_data = {}
+        if args.router_config:
+            path = Path(args.router_config)
+            if not path.is_file():
+                raise ConfigError(f"router config not found: {path}")
+            loaded = yaml.safe_load(path.read_text()) or {}
+            router_data = loaded.get("router", loaded) if isinstance(loaded, dict) else loaded
+        router = router_from_dict(router_data)
+        root = Path(args.cache_dir or router.cache_dir or cache_dir(pool_cfg.cache_dir) / "responses")
+        root = root.expanduser().resolve()
+        examples = list(data.iter_examples(
+            data.split_mix(args.domains, args.split, args.per_domain, args.seed)))
+
+        started = init_ray(args.address, namespace=pool_cfg.namespace)
+        existing = set()
+        for name in pool_cfg.names:  # only actors this job creates are its to kill
+            try:
+                ray.get_actor(actor_name(name), namespace=pool_cfg.namespace)
+                existing.add(name)
+            except ValueError:
+                pass
+        pool = ExpertPool(pool_cfg)
+        print(f"starting {len(pool_cfg.experts)} expert actors ...", flush=True)
+        remotes = pool.start()
+        created = [n for n in remotes if n not in existing]
+        fingerprints = {n: r.fingerprint() for n, r in remotes.items()}
+        with ResponseCache(root) as cache:
+            cached = {n: CachedExpert(n, r, fingerprints[n], cache,
+                                      default_temperature=pool_cfg.expert(n).generation.temperature)
+                      for n, r in remotes.items()}
+            formats = {n: pool_cfg.expert(n).prompt.format for n in remotes}
+            print(f"{len(examples)} questions x {len(cached)} experts, depth {args.depth} -> {root}", flush=True)
+            with tqdm(desc="expert calls", unit="call", disable=args.no_progress) as bar:
+                asked = precompute_chains(cached, formats, examples, router, depth=args.depth,
+                                          batch_size=args.batch_size, progress=bar.update)
+            stats = cache.stats()
+        stats.update(asked_per_step=asked, wall_s=round(time.perf_counter() - t0, 2), cache_dir=str(root),
+                     questions=len(examples))
+        print(f"hits {stats['hits']}  misses {stats['misses']}  unique LLM calls {stats['puts']}  "
+              f"hit rate {stats['hit_rate']:.1%}  records {stats['records']}  wall {stats['wall_s']} s")
+        for name, s in stats["experts"].items():
+            print(f"  {name:24s} hits {s['hits']:6d}  misses {s['misses']:6d}  calls {s['puts']:6d}")
+        if args.report:
+            report = Path(args.report).expanduser().resolve()
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(json.dumps(stats, indent=2) + "\n")
+        return 0
+    except DerRayError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    finally:
+        if pool is not None and not args.keep_actors and not started:
+            for name in created:  # a cluster we joined keeps the actors it already had
+                ray.kill(pool[name].handle, no_restart=True)
+        if started:
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
