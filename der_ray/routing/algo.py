@@ -67,16 +67,20 @@ def build_ppo_config(env_cls_or_name: type | str, env_config: Mapping[str, Any],
         .env_runners(num_env_runners=train.num_env_runners,
                      num_envs_per_env_runner=train.num_envs_per_env_runner)
         .learners(num_learners=0, num_gpus_per_learner=num_gpus_per_learner)
-        .resources(num_cpus_for_main_process=(NotProvided if num_cpus_for_main_process is None
-                                              else num_cpus_for_main_process))
+        .resources(num_cpus_for_main_process=_given(num_cpus_for_main_process))
         .training(lr=train.lr, gamma=train.gamma, clip_param=train.clip, entropy_coeff=train.entropy_coeff,
                   vf_loss_coeff=train.vf_loss_coeff, train_batch_size_per_learner=train.train_batch_size,
                   minibatch_size=train.minibatch_size, num_epochs=train.num_epochs)
         .rl_module(rl_module_spec=RLModuleSpec(module_class=RouterRLModule,
                                                model_config={"hidden": list(train.hidden)}))
-        .callbacks(NotProvided if callbacks is None else callbacks)
+        .callbacks(_given(callbacks))
         .debugging(seed=train.seed)
     )
+
+
+def _given(value: Any) -> Any:
+    """``None`` -> RLlib's ``NotProvided`` (keep its default), so that the builder stays one chain."""
+    return NotProvided if value is None else value
 
 
 def restore_algo(checkpoint_dir: str | os.PathLike[str]) -> Algorithm:
@@ -87,6 +91,7 @@ def restore_algo(checkpoint_dir: str | os.PathLike[str]) -> Algorithm:
     continues from the saved ``training_iteration``. Needs a running Ray (``ray.init``).
     """
     algo = Algorithm.from_checkpoint(str(Path(checkpoint_dir).expanduser().resolve()))
+    assert algo.env_runner_group is not None  # PPO always has one (holding the local env runner)
     algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group,
                                        inference_only=True, timeout_seconds=30)
     return algo

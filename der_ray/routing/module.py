@@ -18,6 +18,7 @@ mask. Imports: torch, gymnasium, ray.rllib.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import gymnasium as gym
@@ -92,7 +93,8 @@ class RouterRLModule(TorchRLModule, ValueFunctionAPI):
         if tuple(mask_shape) != (n_actions,):
             raise ValueError(f"action_mask shape {mask_shape} does not match {n_actions} actions")
 
-        config: dict[str, Any] = dict(self.model_config or {})
+        mc = self.model_config
+        config: dict[str, Any] = dataclasses.asdict(mc) if dataclasses.is_dataclass(mc) else dict(mc or {})
         hidden = [int(h) for h in config.get("hidden", DEFAULT_HIDDEN)]
         act_name = config.get("activation", "tanh")
         if act_name not in _ACTIVATIONS:

@@ -41,7 +41,7 @@ class SyntheticConfig:
     """Std of the Gaussian noise added to every observation feature."""
     correct_reward: float = 1.0
     """Reward of the first call to the right expert."""
-    call_cost: float = 0.1
+    call_cost: float = 0.25
     """Cost of any other expert call (wrong expert, or the right one again)."""
     stop_penalty: float = 1.0
     """Cost of STOP before the question was solved (also applied when ``t_max`` ends it unsolved)."""

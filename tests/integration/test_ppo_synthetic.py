@@ -1,8 +1,9 @@
 """PPO (RLlib new API stack, env in the driver) learns the synthetic routing task; checkpoint round trips.
 
 The right expert depends on the question class, so an untrained policy is right about 1/3 of the time.
-On 2 quiet cores: build ~1.5 s, ~0.2 s per 256-step iteration; greedy accuracy 1.0 after 1 iteration and
-"right expert, then STOP" in >= 95% of episodes after about 8-10 iterations.
+On 2 quiet cores: build ~1 s, ~0.15 s per 256-step iteration; greedy first-call accuracy >= 0.99 after
+1-2 iterations, and "right expert, then STOP" in >= 95% of episodes after 5-11 iterations (seeds 0-5);
+the whole test takes ~12 s with Ray already started.
 """
 
 from __future__ import annotations
@@ -51,10 +52,12 @@ def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.integration
+@pytest.mark.filterwarnings("ignore:.*Overriding environment")  # a second build re-registers RLlib's env
 def test_ppo_learns_synthetic_routing_and_checkpoints(ray_session: Any, tmp_path: Path) -> None:
     algo = build_ppo_config(SyntheticRoutingEnv, ENV_CONFIG, TRAIN).build_algo()
     try:
         module = algo.get_module()
+        assert [m.out_features for m in module._pi_trunk if isinstance(m, torch.nn.Linear)] == [32, 32]
         before = state(module)
         untrained = evaluate_greedy(functools.partial(greedy_actions, module), ENV_CONFIG,
                                     episodes=EVAL_EPISODES)

@@ -203,7 +203,7 @@ def test_synthetic_env_contract() -> None:
         env.step(N)
     wrong = (c + 1) % N
     obs, r, term, trunc, _ = env.step(wrong)
-    assert r == pytest.approx(-0.1) and not term and not trunc
+    assert r == pytest.approx(-0.25) and not term and not trunc
     assert obs["action_mask"].tolist() == [1, 1, 1, 1]  # experts stay callable, STOP allowed
     obs, r, term, _, info = env.step(c)
     assert r == pytest.approx(1.0) and term and info["solved"]  # t_max = 2 calls reached

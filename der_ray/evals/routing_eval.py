@@ -1,0 +1,162 @@
+"""Evaluate DER routing against baselines on held-out questions, with paired-bootstrap intervals.
+
+Every system is a policy over the same ``Episode`` MDP (same prompts, same cached expert calls, same
+scorers), so the comparison is apples to apples:
+
+- each single expert (one call, then STOP);
+- all experts chained with KTP, smallest to largest;
+- random routing (uniform over the allowed actions, STOP included once allowed);
+- the best expert per domain, chosen on *dev* rows and scored on test rows;
+- the per-question oracle over single experts (an upper bound: the cheapest expert that scores best);
+- DER: the trained policy, greedy.
+
+Quality is the mean score; cost is reported as expert calls, parameters (billions) summed over calls,
+and generated tokens. Imports: core, data, routing, evals.stats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from der_ray.data.schema import Example
+from der_ray.evals.stats import bootstrap_ci, paired_bootstrap
+from der_ray.routing.episode import Episode, RoutingTask
+
+Policy = Callable[[Episode, np.random.Generator], int]
+
+
+def fixed_route(route: Sequence[int]) -> Policy:
+    """Call the experts in ``route`` in order, then STOP."""
+    def act(ep: Episode, rng: np.random.Generator) -> int:
+        return route[len(ep.steps)] if len(ep.steps) < len(route) else ep.task.stop_action
+    return act
+
+
+def random_policy(ep: Episode, rng: np.random.Generator) -> int:
+    return int(rng.choice(np.flatnonzero(ep.action_mask())))
+
+
+def greedy_policy(actions: Callable[[list[dict[str, np.ndarray]]], np.ndarray]) -> Policy:
+    """Wrap a batched greedy action function (``Router.actions``)."""
+    return lambda ep, rng: int(actions([ep.observation()])[0])
+
+
+def run_policy(task: RoutingTask, examples: Sequence[Example], policy: Policy, *,
+               seed: int = 0) -> list[dict[str, Any]]:
+    """One episode per example; returns the episodes' summaries in order."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for ex in examples:
+        ep = Episode(task, ex)
+        while not ep.done:
+            ep.act(policy(ep, rng))
+        out.append(ep.summary())
+    return out
+
+
+def best_per_domain(task: RoutingTask, dev: Sequence[Example]) -> dict[str, str]:
+    """domain -> the expert with the best dev quality (ties: the cheaper one)."""
+    singles = {n: run_policy(task, dev, fixed_route([i])) for i, n in enumerate(task.names)}
+    best = {}
+    for domain in sorted({ex.domain for ex in dev}):
+        def key(name: str, domain: str = domain) -> tuple[float, float]:
+            scores = [s["score"] for s in singles[name] if s["domain"] == domain]
+            return (float(np.mean(scores)), -task.pool.expert(name).params_b)
+        best[domain] = max(task.names, key=key)
+    return best
+
+
+def evaluate_systems(task: RoutingTask, test: Sequence[Example], dev: Sequence[Example],
+                     der_actions: Callable[[list[dict[str, np.ndarray]]], np.ndarray] | None = None, *,
+                     seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """Per-question summaries of every system (keys: system names)."""
+    systems: dict[str, list[dict[str, Any]]] = {}
+    for i, name in enumerate(task.names):
+        systems[f"single:{name}"] = run_policy(task, test, fixed_route([i]))
+    by_size = sorted(range(task.n_experts), key=lambda i: task.pool.experts[i].params_b)
+    systems["chain:all-ktp"] = run_policy(task, test, fixed_route(by_size[: task.router.t_max]))
+    systems["random"] = run_policy(task, test, random_policy, seed=seed)
+    choice = best_per_domain(task, dev)
+    systems["best-per-domain"] = [
+        systems[f"single:{choice.get(ex.domain, task.names[0])}"][j] for j, ex in enumerate(test)]
+    oracle = []
+    for j in range(len(test)):
+        cands = [systems[f"single:{n}"][j] for n in task.names]
+        top = max(c["score"] for c in cands)
+        oracle.append(min((c for c in cands if c["score"] == top), key=lambda c: c["params_b"]))
+    systems["oracle"] = oracle
+    if der_actions is not None:
+        systems["der"] = run_policy(task, test, greedy_policy(der_actions))
+    return systems
+
+
+def summarize_systems(systems: dict[str, list[dict[str, Any]]], *, reference: str = "der",
+                      seed: int = 0) -> dict[str, Any]:
+    """Quality with 95% intervals, costs, and paired differences against ``reference``."""
+    ref = systems.get(reference)
+    singles = [k for k in systems if k.startswith("single:")]
+    best_single = max(singles, key=lambda k: np.mean([s["score"] for s in systems[k]])) if singles else None
+    rows: dict[str, Any] = {}
+    for name, res in systems.items():
+        scores = [s["score"] for s in res]
+        row: dict[str, Any] = {
+            "n": len(res), "quality": bootstrap_ci(scores, seed=seed).__dict__,
+            "calls": float(np.mean([s["calls"] for s in res])),
+            "params_b": float(np.mean([s["params_b"] for s in res])),
+            "completion_tokens": float(np.mean([s["completion_tokens"] for s in res])),
+            "per_domain": {d: float(np.mean([s["score"] for s in res if s["domain"] == d]))
+                           for d in sorted({s["domain"] for s in res})},
+        }
+        if ref is not None and name != reference:
+            row[f"{reference}_minus_this"] = paired_bootstrap(
+                [s["score"] for s in ref], scores, seed=seed).__dict__
+        rows[name] = row
+    chain = rows.get("chain:all-ktp")
+    return {"systems": rows, "best_single": best_single, "reference": reference if ref else None,
+            "cost_ratio_vs_chain": (rows[reference]["params_b"] / chain["params_b"]
+                                    if ref is not None and chain and chain["params_b"] else None)}
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    ref = summary["reference"]
+    head = ["system", "quality % [95% CI]", "calls", "params (B)", "gen tokens"]
+    if ref:
+        head.append(f"{ref} − system, points [95% CI]")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in summary["systems"].items():
+        q = r["quality"]
+        cells = [name, f"{100 * q['mean']:.1f} [{100 * q['lo']:.1f}, {100 * q['hi']:.1f}]",
+                 f"{r['calls']:.2f}", f"{r['params_b']:.3f}", f"{r['completion_tokens']:.0f}"]
+        if ref:
+            d = r.get(f"{ref}_minus_this")
+            cells.append(f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]" if d else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def scatter_png(summary: dict[str, Any], path: str) -> None:
+    """Quality vs parameters-per-question scatter with 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in summary["systems"].items():
+        q = r["quality"]
+        err = [[100 * (q["mean"] - q["lo"])], [100 * (q["hi"] - q["mean"])]]
+        star = name == summary["reference"]
+        ax.errorbar(r["params_b"], 100 * q["mean"], yerr=err, fmt="*" if star else "o", capsize=3,
+                    markersize=11 if star else 6)
+        ax.annotate(name, (r["params_b"], 100 * q["mean"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.set_xlabel("parameters used per question (billions)")
+    ax.set_ylabel("quality (%)")
+    ax.set_title("DER routing vs baselines (95% bootstrap intervals)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
