@@ -29,7 +29,7 @@ def _indices(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))  # (B, n)
 
 
-def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, level: float = 0.95,
+def bootstrap_ci(values: Sequence[float] | np.ndarray, *, n_boot: int = 2000, level: float = 0.95,
                  seed: int = 0) -> Interval:
     """Percentile bootstrap interval of the mean of ``values``."""
     x = np.asarray(values, dtype=np.float64)
@@ -40,7 +40,10 @@ def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, level: float = 
     return Interval(float(x.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a)))
 
 
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, level: float = 0.95,
+Values = Sequence[float] | np.ndarray
+
+
+def paired_bootstrap(a: Values, b: Values, *, n_boot: int = 2000, level: float = 0.95,
                      seed: int = 0) -> Interval:
     """Interval of mean(a - b) resampling questions jointly (``a[i]`` and ``b[i]`` are one question)."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

@@ -1,0 +1,99 @@
+"""Evaluate a trained DER router against baselines on held-out questions.
+
+    python jobs/evaluate_router.py --checkpoint /abs/out/router --output-dir benchmarks/results
+
+Test rows come from the "test" part of the seeded split (disjoint from training rows), the
+best-expert-per-domain baseline is chosen on "dev" rows. Writes routing_eval.{json,md,png}.
+Without --checkpoint only the baselines are evaluated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="training storage dir (uses LATEST) or a checkpoint dir")
+    p.add_argument("--pool", help="expert pool YAML (default: the packaged three experts)")
+    p.add_argument("--experts", nargs="*")
+    p.add_argument("--domains", nargs="*", default=["triviaqa", "gsm8k", "piqa", "nq_open"])
+    p.add_argument("--per-domain", type=int, default=75, help="test questions per domain")
+    p.add_argument("--dev-per-domain", type=int, default=30, help="dev questions per domain")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cost-coef", type=float, default=0.1)
+    p.add_argument("--t-max", type=int, default=5)
+    p.add_argument("--encoder", choices=["minilm", "hashing"], default="minilm")
+    p.add_argument("--cache-dir", help="response cache (default <cache root>/responses)")
+    p.add_argument("--output-dir", default="benchmarks/results")
+    p.add_argument("--local", action="store_true", help="experts in-process instead of actors")
+    p.add_argument("--address")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    import ray
+
+    from der_ray import data
+    from der_ray.config import RewardConfig, RouterConfig, load_pool_config
+    from der_ray.errors import DerRayError
+    from der_ray.evals.report import write_atomic, write_json
+    from der_ray.evals.routing_eval import evaluate_systems, markdown, scatter_png, summarize_systems
+    from der_ray.paths import cache_dir
+    from der_ray.routing.encoder import StateEncoder
+    from der_ray.routing.env import make_callers
+    from der_ray.routing.episode import RoutingTask
+    from der_ray.routing.router import Router
+    from der_ray.routing.training import latest_checkpoint
+    from der_ray.runtime import init_ray, set_threads, setup_logging
+
+    setup_logging()
+    set_threads(1)
+    started = False
+    try:
+        t0 = time.perf_counter()
+        pool = load_pool_config(args.pool).select(args.experts)
+        router_cfg = RouterConfig(reward=RewardConfig(cost_coef=args.cost_coef), t_max=args.t_max,
+                                  encoder=args.encoder)
+        test = list(data.iter_examples(data.split_mix(args.domains, "test", args.per_domain, args.seed)))
+        dev = list(data.iter_examples(data.split_mix(args.domains, "dev", args.dev_per_domain, args.seed)))
+        if not args.local:
+            from der_ray.experts.actors import ExpertPool
+
+            started = init_ray(args.address)
+            ExpertPool(pool).start()
+        responses = str(Path(args.cache_dir or cache_dir() / "responses").resolve())
+        callers = make_callers(pool, "local" if args.local else "actors", responses)
+        task = RoutingTask(pool, router_cfg, callers, StateEncoder(router_cfg.encoder))
+        der_actions = None
+        if args.checkpoint:
+            ckpt = Path(args.checkpoint).expanduser().resolve()
+            ckpt = latest_checkpoint(ckpt) or ckpt
+            der_actions = Router.from_checkpoint(ckpt, pool, router_cfg, callers).actions
+        systems = evaluate_systems(task, test, dev, der_actions, seed=args.seed)
+        summary = summarize_systems(systems, seed=args.seed)
+        summary.update({"wall_s": round(time.perf_counter() - t0, 1), "n_test": len(test), "n_dev": len(dev),
+                        "domains": args.domains, "checkpoint": args.checkpoint, "seed": args.seed})
+        out = Path(args.output_dir).expanduser().resolve()
+        table = markdown(summary)
+        write_json(out / "routing_eval.json", {**summary, "per_question": systems})
+        write_atomic(out / "routing_eval.md", f"# DER routing evaluation\n\n{table}\n\n"
+                     f"test questions: {len(test)}; wall time {summary['wall_s']} s\n")
+        scatter_png(summary, str(out / "routing_eval.png"))
+        print(table)
+        print(f"\nresults: {out / 'routing_eval.md'}")
+        return 0
+    except DerRayError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    finally:
+        if started:
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
