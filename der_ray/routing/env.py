@@ -113,6 +113,14 @@ class RoutingEnv(gym.Env):
         self.episode = Episode(self._task(), example)
         return self.episode.observation(), {"id": example.id, "domain": example.domain}
 
+    def close(self) -> None:
+        """Flush the response cache so that other runners and later jobs see this runner's calls."""
+        if self.task is not None:
+            caches = {id(c.cache): c.cache for c in self.task.callers.values() if hasattr(c, "cache")}
+            for cache in caches.values():
+                cache.flush()
+        super().close()
+
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self.episode is None:
             raise ConfigError("step() called before reset()")
