@@ -25,7 +25,8 @@ EXAMPLES = [
 @pytest.fixture(scope="module")
 def task(tiny_pool_cfg):
     callers = {e.name: HFExpert(e) for e in tiny_pool_cfg.experts}
-    return RoutingTask(tiny_pool_cfg, RouterConfig(encoder="hashing", t_max=3), callers, StateEncoder("hashing"))
+    router = RouterConfig(encoder="hashing", t_max=3)
+    return RoutingTask(tiny_pool_cfg, router, callers, StateEncoder("hashing"))
 
 
 def test_systems_and_invariants(task, tmp_path):
