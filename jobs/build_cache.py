@@ -30,8 +30,6 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="items per expert call")
     p.add_argument("--cache-dir", help="response cache (default <cache root>/responses)")
     p.add_argument("--report", help="also write the stats as JSON to this path")
-    p.add_argument("--keep-actors", action="store_true",
-                   help="leave expert actors this job started running (for a following job)")
     p.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local cluster)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p
@@ -48,14 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     from der_ray import data
     from der_ray.config import load_pool_config, router_from_dict
     from der_ray.errors import ConfigError, DerRayError
-    from der_ray.experts.actors import ExpertPool, actor_name
+    from der_ray.experts.actors import ExpertPool
     from der_ray.paths import cache_dir
     from der_ray.routing.cache import ResponseCache
     from der_ray.routing.cached import CachedExpert, precompute_chains
     from der_ray.runtime import init_ray, setup_logging
 
     setup_logging()
-    started, pool, created = False, None, []
+    started = False
     try:
         t0 = time.perf_counter()
         pool_cfg = load_pool_config(args.config).select(args.experts)
@@ -73,32 +71,29 @@ def main(argv: list[str] | None = None) -> int:
             data.split_mix(args.domains, args.split, args.per_domain, args.seed)))
 
         started = init_ray(args.address, namespace=pool_cfg.namespace)
-        existing = set()
-        for name in pool_cfg.names:  # only actors this job creates are its to kill
-            try:
-                ray.get_actor(actor_name(name), namespace=pool_cfg.namespace)
-                existing.add(name)
-            except ValueError:
-                pass
-        pool = ExpertPool(pool_cfg)
+        # Actors this job creates are owned by it and end with it (or with the last handle); live
+        # actors of the same name (a training job's) are reused and left alone.
         print(f"starting {len(pool_cfg.experts)} expert actors ...", flush=True)
-        remotes = pool.start()
-        created = [n for n in remotes if n not in existing]
+        remotes = ExpertPool(pool_cfg).start()
         fingerprints = {n: r.fingerprint() for n, r in remotes.items()}
         with ResponseCache(root) as cache:
             cached = {n: CachedExpert(n, r, fingerprints[n], cache,
                                       default_temperature=pool_cfg.expert(n).generation.temperature)
                       for n, r in remotes.items()}
             formats = {n: pool_cfg.expert(n).prompt.format for n in remotes}
-            print(f"{len(examples)} questions x {len(cached)} experts, depth {args.depth} -> {root}", flush=True)
+            print(f"{len(examples)} questions x {len(cached)} experts, depth {args.depth} -> {root}",
+                  flush=True)
+            t_fill = time.perf_counter()
             with tqdm(desc="expert calls", unit="call", disable=args.no_progress) as bar:
                 asked = precompute_chains(cached, formats, examples, router, depth=args.depth,
                                           batch_size=args.batch_size, progress=bar.update)
             stats = cache.stats()
-        stats.update(asked_per_step=asked, wall_s=round(time.perf_counter() - t0, 2), cache_dir=str(root),
-                     questions=len(examples))
+            fill_s = time.perf_counter() - t_fill
+        stats.update(asked_per_step=asked, wall_s=round(time.perf_counter() - t0, 2), fill_s=round(fill_s, 2),
+                     cache_dir=str(root), questions=len(examples))
         print(f"hits {stats['hits']}  misses {stats['misses']}  unique LLM calls {stats['puts']}  "
-              f"hit rate {stats['hit_rate']:.1%}  records {stats['records']}  wall {stats['wall_s']} s")
+              f"hit rate {stats['hit_rate']:.1%}  records {stats['records']}  "
+              f"wall {stats['wall_s']} s (filling {stats['fill_s']} s)")
         for name, s in stats["experts"].items():
             print(f"  {name:24s} hits {s['hits']:6d}  misses {s['misses']:6d}  calls {s['puts']:6d}")
         if args.report:
@@ -110,9 +105,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     finally:
-        if pool is not None and not args.keep_actors and not started:
-            for name in created:  # a cluster we joined keeps the actors it already had
-                ray.kill(pool[name].handle, no_restart=True)
         if started:
             ray.shutdown()
 

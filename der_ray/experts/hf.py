@@ -3,7 +3,8 @@
 API (all batched where it matters; every method validates its input and raises typed errors):
 - ``generate(prompts, max_new_tokens, temperature, stop, seed)`` -> ``list[Generation]``
 - ``score_options(contexts, options)`` -> ``list[OptionScores]`` (multiple choice as "cloze")
-- ``open_session / append_tokens / append_text / close_session`` -> ``StepState`` (KV-cache steps)
+- ``open_session / append_tokens / append_text / close_session`` -> ``StepState`` (KV-cache steps);
+  ``replace_tokens / truncate_session / session_token_ids`` rewind and inspect a session
 - ``vocabulary()``, ``input_embeddings(ids)``, ``tokenizer_files()``, ``health()``
 
 ``der_ray.experts.actors`` turns this class into a Ray actor; tests and dry runs use it directly.
@@ -202,6 +203,23 @@ class HFExpert:
     def close_session(self, session_id: str) -> None:
         self.sessions.close(session_id)
 
+    def session_token_ids(self, session_id: str, *, last: int | None = None) -> list[int]:
+        """The token ids a session holds (prompt and appended), or only its ``last`` ones."""
+        return self.sessions.token_ids(session_id, last=last)
+
+    def replace_tokens(self, session_id: str, n_keep: int, token_ids: Sequence[int], *,
+                       top_k: int | None = 20) -> StepState:
+        """Keep a session's first ``n_keep`` tokens (KV cache rewound), then feed ``token_ids``.
+
+        Token-level fusion re-tokenises the unstable tail of the text it feeds: this swaps that tail
+        in one call. With ``n_keep`` equal to the session length it is ``append_tokens``.
+        """
+        return self.sessions.replace(session_id, n_keep, list(token_ids), top_k=top_k)
+
+    def truncate_session(self, session_id: str, n_tokens: int, *, top_k: int | None = 20) -> StepState:
+        """Rewind a session to its first ``n_tokens`` tokens (>= 1); returns the distribution there."""
+        return self.sessions.replace(session_id, n_tokens, [], top_k=top_k)
+
     # ---------------------------------------------------------------- vocabulary and embeddings
     def vocabulary(self) -> VocabInfo:
         tok = self.tokenizer
@@ -229,26 +247,31 @@ class HFExpert:
             return {p.name: p.read_bytes() for p in Path(d).iterdir() if p.is_file()}
 
     def fingerprint(self) -> str:
-        """A stable id of these weights + tokenizer (cache keys use it: new weights, new answers).
+        """A stable id of what determines this expert's answers: weights, tokenizer and prompt
+        format (response-cache keys use it: change any of them and old answers no longer match).
 
         Prepared assets carry the pinned GGUF sha256 in their manifest; other directories are
         identified by the names, sizes and mtimes of their files, hub ids by id and revision.
         """
+        import dataclasses
         import hashlib
         import json
 
         root = Path(self.model_dir)
         manifest = root / "der_ray_asset.json"
         if manifest.is_file():
-            return "gguf-sha256:" + str(json.loads(manifest.read_text()).get("gguf_sha256", ""))
-        if not root.is_dir():
-            return f"hub:{self.model_dir}@{self.cfg.revision or 'main'}"
-        h = hashlib.sha256()
-        for p in sorted(root.rglob("*")):
-            if p.is_file():
-                st = p.stat()
-                h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-        return "files-sha256:" + h.hexdigest()[:32]
+            weights = "gguf-sha256:" + str(json.loads(manifest.read_text()).get("gguf_sha256", ""))
+        elif not root.is_dir():
+            weights = f"hub:{self.model_dir}@{self.cfg.revision or 'main'}"
+        else:
+            h = hashlib.sha256()
+            for p in sorted(root.rglob("*")):
+                if p.is_file():
+                    st = p.stat()
+                    h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            weights = "files-sha256:" + h.hexdigest()[:32]
+        prompt = json.dumps(dataclasses.asdict(self.cfg.prompt), sort_keys=True)
+        return f"{weights}+prompt:{hashlib.sha256(prompt.encode()).hexdigest()[:16]}"
 
     def health(self) -> ExpertHealth:
         return ExpertHealth(

@@ -16,9 +16,10 @@ Contract:
 - ``compact`` merges all segments into one under a ``filelock`` in the root; it writes the merged
   segment before deleting the old ones, and a reader that listed a segment which then vanished
   simply skips it (its records are in the merged segment, which the next scan picks up).
-- Unflushed records are written at ``flush_every``, ``flush()``, ``close()``/``with`` exit and, best
-  effort, at interpreter exit. Records still buffered when a process is killed are lost (they are
-  recomputed on the next miss), which is the price of not syncing a file per call.
+- Buffered records are written at ``flush_every`` records, when the oldest is ``max_buffer_s`` old
+  (checked at the next ``put``), at ``flush()``, ``close()``/``with`` exit and, best effort, at
+  interpreter exit. Records still buffered when a process is killed are lost (they are recomputed
+  on the next miss): the price of not writing a file per call.
 
 Stats (hits, misses, puts = unique LLM calls made) are per process and per expert.
 Imports: stdlib, pyarrow, filelock (lazily), der_ray.errors.
@@ -132,7 +133,8 @@ class ResponseCache:
         if flush_every < 1:
             raise ConfigError(f"cache flush_every must be >= 1, got {flush_every}")
         if refresh_s < 0 or max_buffer_s < 0:
-            raise ConfigError(f"cache refresh_s and max_buffer_s must be >= 0, got {refresh_s}, {max_buffer_s}")
+            raise ConfigError(f"cache refresh_s and max_buffer_s must be >= 0, got {refresh_s}, "
+                              f"{max_buffer_s}")
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.flush_every, self.refresh_s, self.max_buffer_s = flush_every, refresh_s, max_buffer_s
@@ -296,7 +298,7 @@ class ResponseCache:
         return sorted(self.root.glob(SEGMENT_GLOB))
 
     def stats(self) -> dict[str, Any]:
-        """``{"hits", "misses", "puts", "hit_rate", "records", "experts": {name: {...}}}`` for this process."""
+        """This process's counts: ``hits, misses, puts, hit_rate, records, experts: {name: {...}}``."""
         with self._lock:
             per = {name: {"hits": c.hits, "misses": c.misses, "puts": c.puts}
                    for name, c in sorted(self._counts.items())}

@@ -42,7 +42,8 @@ _GREEDY_IGNORES = ("seed", "top_p")  # HFExpert drops top_p and a seed cannot ma
 Request = dict[str, Any]  # {"prompt": str} or {"context": str, "options": [str, ...]}
 
 
-def key_params(method: str, params: Mapping[str, Any], default_temperature: float | None) -> dict[str, Any] | None:
+def key_params(method: str, params: Mapping[str, Any],
+               default_temperature: float | None) -> dict[str, Any] | None:
     """The params as they enter the key, or None when the call is not deterministic (bypass)."""
     p = {k: v for k, v in params.items() if v is not None and k not in _NOT_IN_KEY.get(method, ())}
     for k in ("temperature", "top_p"):  # 0 and 0.0 must not make two keys

@@ -172,3 +172,15 @@ def test_hub_source_offline_is_a_clear_error(monkeypatch):
     cfg = ExpertConfig(name="hub", source="hf:der-ray-test/does-not-exist", params_b=0.1)
     with pytest.raises(AssetMissingError, match="hub.*cannot load 'der-ray-test/does-not-exist'"):
         HFExpert(cfg)
+
+
+def test_fingerprint_tracks_weights_and_prompt(tiny_pool_cfg):
+    import dataclasses
+
+    from der_ray.config import PromptConfig
+
+    cfg = tiny_pool_cfg.expert("tiny-chat")
+    a = HFExpert(cfg).fingerprint()
+    assert a == HFExpert(cfg).fingerprint() and a.startswith("files-sha256:")
+    other = dataclasses.replace(cfg, prompt=PromptConfig(format="chat", system="Be brief."))
+    assert HFExpert(other).fingerprint() != a
