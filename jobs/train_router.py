@@ -47,7 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     from der_ray.paths import cache_dir
     from der_ray.routing.algo import EPISODE_RETURN_MEAN, build_ppo_config, get_metric
     from der_ray.routing.env import RoutingEnv
-    from der_ray.routing.metrics import CALLS, PARAMS_B, QUALITY, RouterMetrics, prefixed
+    from der_ray.routing.metrics import (
+        CACHE_HIT_RATE,
+        CALLS,
+        LLM_CALLS,
+        PARAMS_B,
+        QUALITY,
+        RouterMetrics,
+        prefixed,
+    )
     from der_ray.routing.training import train_router
     from der_ray.runtime import init_ray, set_threads, setup_logging
 
@@ -79,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"iter {it:3d}  return {get_metric(result, EPISODE_RETURN_MEAN, float('nan')):7.3f}  "
                   f"quality {get_metric(result, prefixed(QUALITY), float('nan')):.3f}  "
                   f"calls {get_metric(result, prefixed(CALLS), float('nan')):.2f}  "
-                  f"params_b {get_metric(result, prefixed(PARAMS_B), float('nan')):.3f}", flush=True)
+                  f"params_b {get_metric(result, prefixed(PARAMS_B), float('nan')):.3f}  "
+                  f"cache hits {get_metric(result, prefixed(CACHE_HIT_RATE), float('nan')):.2f}  "
+                  f"LLM calls/episode {get_metric(result, prefixed(LLM_CALLS), float('nan')):.2f}", flush=True)
 
         outcome = train_router(build_ppo_config(RoutingEnv, env_config, train, callbacks=RouterMetrics),
                                train, storage, resume=not args.no_resume, on_result=report)

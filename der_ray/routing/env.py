@@ -91,6 +91,7 @@ class RoutingEnv(gym.Env):
         self.action_space = gym.spaces.Discrete(n + 1)
         self.task: RoutingTask | None = None
         self.episode: Episode | None = None
+        self._cache_at_reset = (0, 0)
 
     def _task(self) -> RoutingTask:
         if self.task is None:
@@ -111,14 +112,21 @@ class RoutingEnv(gym.Env):
         example = (Example.from_row(options["example"]) if options and "example" in options
                    else self._next_example())
         self.episode = Episode(self._task(), example)
+        self._cache_at_reset = self._cache_counts()
         return self.episode.observation(), {"id": example.id, "domain": example.domain}
+
+    def _caches(self) -> list[Any]:
+        callers = self.task.callers.values() if self.task is not None else ()
+        return list({id(c.cache): c.cache for c in callers if hasattr(c, "cache")}.values())
+
+    def _cache_counts(self) -> tuple[int, int]:
+        stats = [c.stats() for c in self._caches()]
+        return sum(s["hits"] for s in stats), sum(s["misses"] for s in stats)
 
     def close(self) -> None:
         """Flush the response cache so that other runners and later jobs see this runner's calls."""
-        if self.task is not None:
-            caches = {id(c.cache): c.cache for c in self.task.callers.values() if hasattr(c, "cache")}
-            for cache in caches.values():
-                cache.flush()
+        for cache in self._caches():
+            cache.flush()
         super().close()
 
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
@@ -129,4 +137,7 @@ class RoutingEnv(gym.Env):
         info: dict[str, Any] = {"expert": ep.route[-1] if ep.steps and not ep.stopped else "STOP"}
         if ep.done:
             info.update(ep.summary())
+            hits, misses = self._cache_counts()
+            info["cache_hits"] = hits - self._cache_at_reset[0]
+            info["cache_misses"] = misses - self._cache_at_reset[1]  # = LLM calls this episode made
         return ep.observation(), float(reward), ep.done, False, info

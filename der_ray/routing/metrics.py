@@ -17,6 +17,9 @@ CALLS = "router_calls"
 PARAMS_B = "router_params_b"
 TOKENS = "router_completion_tokens"
 STOPPED = "router_stopped"
+CACHE_HIT_RATE = "router_cache_hit_rate"
+LLM_CALLS = "router_llm_calls"
+"""Expert calls that missed the response cache (real LLM calls) per episode."""
 SHARE_PREFIX = "router_share_"
 WINDOW = 200
 
@@ -40,6 +43,11 @@ class RouterMetrics(RLlibCallback):
         log(PARAMS_B, float(summary["params_b"]), reduce="mean", window=WINDOW)
         log(TOKENS, float(summary["completion_tokens"]), reduce="mean", window=WINDOW)
         log(STOPPED, float(summary["stopped"]), reduce="mean", window=WINDOW)
+        if "cache_hits" in summary:
+            lookups = summary["cache_hits"] + summary["cache_misses"]
+            if lookups:
+                log(CACHE_HIT_RATE, summary["cache_hits"] / lookups, reduce="mean", window=WINDOW)
+            log(LLM_CALLS, float(summary["cache_misses"]), reduce="mean", window=WINDOW)
         route = summary["route"]
         for name in summary["experts"]:  # every expert, so that shares average over all episodes
             share = route.count(name) / max(1, len(route))

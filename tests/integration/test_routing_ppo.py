@@ -12,7 +12,7 @@ from der_ray.config import RouterConfig, TrainConfig, config_to_dict
 from der_ray.experts.actors import ExpertPool
 from der_ray.routing.algo import build_ppo_config
 from der_ray.routing.env import RoutingEnv, make_callers
-from der_ray.routing.metrics import CALLS, QUALITY, RouterMetrics
+from der_ray.routing.metrics import CACHE_HIT_RATE, CALLS, LLM_CALLS, QUALITY, RouterMetrics
 from der_ray.routing.policy_io import greedy_actions
 from der_ray.routing.router import Router
 from der_ray.routing.training import train_router
@@ -45,6 +45,10 @@ def test_ppo_over_expert_actors_with_cache(pool, tmp_path, runners):
     metrics = seen[-1]["env_runners"]
     assert 0.0 <= metrics[QUALITY] <= 1.0 and 1.0 <= metrics[CALLS] <= 2.0
     assert any(k.startswith("router_share_") for k in metrics)
+    assert 0.0 <= metrics[CACHE_HIT_RATE] <= 1.0 and metrics[LLM_CALLS] >= 0.0
+    if runners == 0:  # a second pass over the same questions is answered from the cache
+        assert seen[-1]["env_runners"][CACHE_HIT_RATE] > seen[0]["env_runners"][CACHE_HIT_RATE] or \
+            seen[-1]["env_runners"][CACHE_HIT_RATE] == 1.0
     assert list(cache.glob("seg-*.parquet")), "the env runners must have written the shared cache"
 
     # The inference Router (no algorithm) acts like the trained module, on cached answers.
