@@ -84,12 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         storage = Path(args.storage).expanduser().resolve()
 
         def report(it: int, result: dict) -> None:
-            print(f"iter {it:3d}  return {get_metric(result, EPISODE_RETURN_MEAN, float('nan')):7.3f}  "
-                  f"quality {get_metric(result, prefixed(QUALITY), float('nan')):.3f}  "
-                  f"calls {get_metric(result, prefixed(CALLS), float('nan')):.2f}  "
-                  f"params_b {get_metric(result, prefixed(PARAMS_B), float('nan')):.3f}  "
-                  f"cache hits {get_metric(result, prefixed(CACHE_HIT_RATE), float('nan')):.2f}  "
-                  f"LLM calls/episode {get_metric(result, prefixed(LLM_CALLS), float('nan')):.2f}", flush=True)
+            def m(name: str) -> float:
+                return float(get_metric(result, name, float("nan")))
+
+            print(f"iter {it:3d}  return {m(EPISODE_RETURN_MEAN):7.3f}  quality {m(prefixed(QUALITY)):.3f}  "
+                  f"calls {m(prefixed(CALLS)):.2f}  params_b {m(prefixed(PARAMS_B)):.3f}  "
+                  f"cache hits {m(prefixed(CACHE_HIT_RATE)):.2f}  "
+                  f"LLM calls/episode {m(prefixed(LLM_CALLS)):.2f}", flush=True)
 
         outcome = train_router(build_ppo_config(RoutingEnv, env_config, train, callbacks=RouterMetrics),
                                train, storage, resume=not args.no_resume, on_result=report)
