@@ -7,8 +7,12 @@ every interface and advertises the routable IP even when asked for 127.0.0.1).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+from collections.abc import Callable
+from typing import Any
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -47,3 +51,29 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, namespace=namespace, include_dashboard=False,
              log_to_driver=False)
     return True
+
+
+def connect_ray(stack: contextlib.ExitStack, address: str | None = None, **kwargs: Any) -> bool:
+    """``init_ray`` whose cluster (if this call started one) is shut down when ``stack`` closes.
+
+    A job never stops a cluster it did not start (``ray job submit``, a test session's Ray).
+    """
+    started = init_ray(address, **kwargs)
+    if started:
+        import ray
+
+        stack.callback(ray.shutdown)
+    return started
+
+
+def run_main(body: Callable[[contextlib.ExitStack], int]) -> int:
+    """The entrypoint boundary: runs ``body`` and maps a ``DerRayError`` to ``error: <message>`` on
+    stderr and the error's exit code (anything else is a bug and keeps its traceback)."""
+    from der_ray.errors import DerRayError
+
+    with contextlib.ExitStack() as stack:
+        try:
+            return body(stack)
+        except DerRayError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code

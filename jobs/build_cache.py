@@ -12,6 +12,7 @@ unique calls and the wall time; a second run with the same flags is all hits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -37,76 +38,73 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    from der_ray.runtime import run_main
+
+    return run_main(lambda stack: _run(args, stack))
+
+
+def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     import json
 
-    import ray
     import yaml
     from tqdm import tqdm
 
     from der_ray import data
     from der_ray.config import load_pool_config, router_from_dict
-    from der_ray.errors import ConfigError, DerRayError
+    from der_ray.errors import ConfigError
     from der_ray.experts.actors import ExpertPool
     from der_ray.paths import cache_dir
     from der_ray.routing.cache import ResponseCache
     from der_ray.routing.cached import CachedExpert, precompute_chains
-    from der_ray.runtime import init_ray, setup_logging
+    from der_ray.runtime import connect_ray, setup_logging
 
     setup_logging()
-    started = False
-    try:
-        t0 = time.perf_counter()
-        pool_cfg = load_pool_config(args.config).select(args.experts)
-        router_data = {}
-        if args.router_config:
-            path = Path(args.router_config)
-            if not path.is_file():
-                raise ConfigError(f"router config not found: {path}")
-            loaded = yaml.safe_load(path.read_text()) or {}
-            router_data = loaded.get("router", loaded) if isinstance(loaded, dict) else loaded
-        router = router_from_dict(router_data)
-        root = Path(args.cache_dir or router.cache_dir or cache_dir(pool_cfg.cache_dir) / "responses")
-        root = root.expanduser().resolve()
-        examples = list(data.iter_examples(
-            data.split_mix(args.domains, args.split, args.per_domain, args.seed)))
+    t0 = time.perf_counter()
+    pool_cfg = load_pool_config(args.config).select(args.experts)
+    router_data = {}
+    if args.router_config:
+        path = Path(args.router_config)
+        if not path.is_file():
+            raise ConfigError(f"router config not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        router_data = loaded.get("router", loaded) if isinstance(loaded, dict) else loaded
+    router = router_from_dict(router_data)
+    root = Path(args.cache_dir or router.cache_dir or cache_dir(pool_cfg.cache_dir) / "responses")
+    root = root.expanduser().resolve()
+    examples = list(data.iter_examples(
+        data.split_mix(args.domains, args.split, args.per_domain, args.seed)))
 
-        started = init_ray(args.address, namespace=pool_cfg.namespace)
-        # Actors this job creates are owned by it and end with it (or with the last handle); live
-        # actors of the same name (a training job's) are reused and left alone.
-        print(f"starting {len(pool_cfg.experts)} expert actors ...", flush=True)
-        remotes = ExpertPool(pool_cfg).start()
-        fingerprints = {n: r.fingerprint() for n, r in remotes.items()}
-        with ResponseCache(root) as cache:
-            cached = {n: CachedExpert(n, r, fingerprints[n], cache,
-                                      default_temperature=pool_cfg.expert(n).generation.temperature)
-                      for n, r in remotes.items()}
-            formats = {n: pool_cfg.expert(n).prompt.format for n in remotes}
-            print(f"{len(examples)} questions x {len(cached)} experts, depth {args.depth} -> {root}",
-                  flush=True)
-            t_fill = time.perf_counter()
-            with tqdm(desc="expert calls", unit="call", disable=args.no_progress) as bar:
-                asked = precompute_chains(cached, formats, examples, router, depth=args.depth,
-                                          batch_size=args.batch_size, progress=bar.update)
-            stats = cache.stats()
-            fill_s = time.perf_counter() - t_fill
-        stats.update(asked_per_step=asked, wall_s=round(time.perf_counter() - t0, 2), fill_s=round(fill_s, 2),
-                     cache_dir=str(root), questions=len(examples))
-        print(f"hits {stats['hits']}  misses {stats['misses']}  unique LLM calls {stats['puts']}  "
-              f"hit rate {stats['hit_rate']:.1%}  records {stats['records']}  "
-              f"wall {stats['wall_s']} s (filling {stats['fill_s']} s)")
-        for name, s in stats["experts"].items():
-            print(f"  {name:24s} hits {s['hits']:6d}  misses {s['misses']:6d}  calls {s['puts']:6d}")
-        if args.report:
-            report = Path(args.report).expanduser().resolve()
-            report.parent.mkdir(parents=True, exist_ok=True)
-            report.write_text(json.dumps(stats, indent=2) + "\n")
-        return 0
-    except DerRayError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    finally:
-        if started:
-            ray.shutdown()
+    connect_ray(stack, args.address, namespace=pool_cfg.namespace)
+    # Actors this job creates are owned by it and end with it (or with the last handle); live
+    # actors of the same name (a training job's) are reused and left alone.
+    print(f"starting {len(pool_cfg.experts)} expert actors ...", flush=True)
+    remotes = ExpertPool(pool_cfg).start()
+    fingerprints = {n: r.fingerprint() for n, r in remotes.items()}
+    with ResponseCache(root) as cache:
+        cached = {n: CachedExpert(n, r, fingerprints[n], cache,
+                                  default_temperature=pool_cfg.expert(n).generation.temperature)
+                  for n, r in remotes.items()}
+        formats = {n: pool_cfg.expert(n).prompt.format for n in remotes}
+        print(f"{len(examples)} questions x {len(cached)} experts, depth {args.depth} -> {root}",
+              flush=True)
+        t_fill = time.perf_counter()
+        with tqdm(desc="expert calls", unit="call", disable=args.no_progress) as bar:
+            asked = precompute_chains(cached, formats, examples, router, depth=args.depth,
+                                      batch_size=args.batch_size, progress=bar.update)
+        stats = cache.stats()
+        fill_s = time.perf_counter() - t_fill
+    stats.update(asked_per_step=asked, wall_s=round(time.perf_counter() - t0, 2), fill_s=round(fill_s, 2),
+                 cache_dir=str(root), questions=len(examples))
+    print(f"hits {stats['hits']}  misses {stats['misses']}  unique LLM calls {stats['puts']}  "
+          f"hit rate {stats['hit_rate']:.1%}  records {stats['records']}  "
+          f"wall {stats['wall_s']} s (filling {stats['fill_s']} s)")
+    for name, s in stats["experts"].items():
+        print(f"  {name:24s} hits {s['hits']:6d}  misses {s['misses']:6d}  calls {s['puts']:6d}")
+    if args.report:
+        report = Path(args.report).expanduser().resolve()
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(stats, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Without --checkpoint only the baselines are evaluated.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -36,11 +37,14 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    import ray
+    from der_ray.runtime import run_main
 
+    return run_main(lambda stack: _run(args, stack))
+
+
+def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from der_ray import data
     from der_ray.config import RewardConfig, RouterConfig, load_pool_config
-    from der_ray.errors import DerRayError
     from der_ray.evals.report import write_atomic, write_json
     from der_ray.evals.routing_eval import evaluate_systems, markdown, scatter_png, summarize_systems
     from der_ray.paths import cache_dir
@@ -49,50 +53,42 @@ def main(argv: list[str] | None = None) -> int:
     from der_ray.routing.episode import RoutingTask
     from der_ray.routing.router import Router
     from der_ray.routing.training import latest_checkpoint
-    from der_ray.runtime import init_ray, set_threads, setup_logging
+    from der_ray.runtime import connect_ray, set_threads, setup_logging
 
     setup_logging()
     set_threads(1)
-    started = False
-    try:
-        t0 = time.perf_counter()
-        pool = load_pool_config(args.pool).select(args.experts)
-        router_cfg = RouterConfig(reward=RewardConfig(cost_coef=args.cost_coef), t_max=args.t_max,
-                                  encoder=args.encoder)
-        test = list(data.iter_examples(data.split_mix(args.domains, "test", args.per_domain, args.seed)))
-        dev = list(data.iter_examples(data.split_mix(args.domains, "dev", args.dev_per_domain, args.seed)))
-        if not args.local:
-            from der_ray.experts.actors import ExpertPool
+    t0 = time.perf_counter()
+    pool = load_pool_config(args.pool).select(args.experts)
+    router_cfg = RouterConfig(reward=RewardConfig(cost_coef=args.cost_coef), t_max=args.t_max,
+                              encoder=args.encoder)
+    test = list(data.iter_examples(data.split_mix(args.domains, "test", args.per_domain, args.seed)))
+    dev = list(data.iter_examples(data.split_mix(args.domains, "dev", args.dev_per_domain, args.seed)))
+    if not args.local:
+        from der_ray.experts.actors import ExpertPool
 
-            started = init_ray(args.address)
-            ExpertPool(pool).start()
-        responses = str(Path(args.cache_dir or cache_dir() / "responses").resolve())
-        callers = make_callers(pool, "local" if args.local else "actors", responses)
-        task = RoutingTask(pool, router_cfg, callers, StateEncoder(router_cfg.encoder))
-        der_actions = None
-        if args.checkpoint:
-            ckpt = Path(args.checkpoint).expanduser().resolve()
-            ckpt = latest_checkpoint(ckpt) or ckpt
-            der_actions = Router.from_checkpoint(ckpt, pool, router_cfg, callers).actions
-        systems = evaluate_systems(task, test, dev, der_actions, seed=args.seed)
-        summary = summarize_systems(systems, seed=args.seed)
-        summary.update({"wall_s": round(time.perf_counter() - t0, 1), "n_test": len(test), "n_dev": len(dev),
-                        "domains": args.domains, "checkpoint": args.checkpoint, "seed": args.seed})
-        out = Path(args.output_dir).expanduser().resolve()
-        table = markdown(summary)
-        write_json(out / "routing_eval.json", {**summary, "per_question": systems})
-        write_atomic(out / "routing_eval.md", f"# DER routing evaluation\n\n{table}\n\n"
-                     f"test questions: {len(test)}; wall time {summary['wall_s']} s\n")
-        scatter_png(summary, str(out / "routing_eval.png"))
-        print(table)
-        print(f"\nresults: {out / 'routing_eval.md'}")
-        return 0
-    except DerRayError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    finally:
-        if started:
-            ray.shutdown()
+        connect_ray(stack, args.address)
+        ExpertPool(pool).start()
+    responses = str(Path(args.cache_dir or cache_dir() / "responses").resolve())
+    callers = make_callers(pool, "local" if args.local else "actors", responses)
+    task = RoutingTask(pool, router_cfg, callers, StateEncoder(router_cfg.encoder))
+    der_actions = None
+    if args.checkpoint:
+        ckpt = Path(args.checkpoint).expanduser().resolve()
+        ckpt = latest_checkpoint(ckpt) or ckpt
+        der_actions = Router.from_checkpoint(ckpt, pool, router_cfg, callers).actions
+    systems = evaluate_systems(task, test, dev, der_actions, seed=args.seed)
+    summary = summarize_systems(systems, seed=args.seed)
+    summary.update({"wall_s": round(time.perf_counter() - t0, 1), "n_test": len(test), "n_dev": len(dev),
+                    "domains": args.domains, "checkpoint": args.checkpoint, "seed": args.seed})
+    out = Path(args.output_dir).expanduser().resolve()
+    table = markdown(summary)
+    write_json(out / "routing_eval.json", {**summary, "per_question": systems})
+    write_atomic(out / "routing_eval.md", f"# DER routing evaluation\n\n{table}\n\n"
+                 f"test questions: {len(test)}; wall time {summary['wall_s']} s\n")
+    scatter_png(summary, str(out / "routing_eval.png"))
+    print(table)
+    print(f"\nresults: {out / 'routing_eval.md'}")
+    return 0
 
 
 if __name__ == "__main__":

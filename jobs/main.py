@@ -10,6 +10,7 @@ seeded multi-domain slice with each, score, and write a report.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -32,52 +33,47 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    import ray
+    from der_ray.runtime import run_main
 
+    return run_main(lambda stack: _run(args, stack))
+
+
+def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from der_ray import data
     from der_ray.assets import prepare
     from der_ray.config import load_pool_config, split_source
-    from der_ray.errors import DerRayError
     from der_ray.evals.answering import evaluate_pool
     from der_ray.evals.report import markdown_table, summarize, write_atomic, write_json
     from der_ray.experts.actors import ExpertPool
-    from der_ray.runtime import init_ray, set_threads, setup_logging
+    from der_ray.runtime import connect_ray, set_threads, setup_logging
 
     setup_logging()
     set_threads(1)
     out = Path(args.output_dir).expanduser().resolve()
-    started = False
-    try:
-        t0 = time.perf_counter()
-        pool_cfg = load_pool_config(args.config).select(args.experts)
-        for e in pool_cfg.experts:  # prepare in the driver so that progress bars are visible
-            kind, name = split_source(e.source)
-            if kind == "asset":
-                prepare(name, args.cache_dir or pool_cfg.cache_dir)
-        examples = list(data.iter_examples(data.multi_domain_mix(args.domains, args.per_domain, args.seed)))
-        started = init_ray(args.address)
-        pool = ExpertPool(pool_cfg, cache_dir=args.cache_dir)
-        print(f"starting {len(pool_cfg.experts)} expert actors ...", flush=True)
-        pool.start()
-        print(f"answering {len(examples)} questions from {len(args.domains)} domains with each expert ...",
-              flush=True)
-        answers = evaluate_pool(pool, examples, max_new_tokens={"numeric": args.numeric_max_tokens})
-        summary = summarize(answers)
-        summary["wall_s"] = round(time.perf_counter() - t0, 1)
-        summary["answers"] = [a.__dict__ for a in answers]
-        table = markdown_table(summary)
-        write_json(out / "report.json", summary)
-        write_atomic(out / "report.md",
-                     f"# der_ray main job\n\n{table}\n\nwall time: {summary['wall_s']} s\n")
-        print(table)
-        print(f"\nreport: {out / 'report.md'} ({summary['wall_s']} s)")
-        return 0
-    except DerRayError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    finally:
-        if started:
-            ray.shutdown()
+    t0 = time.perf_counter()
+    pool_cfg = load_pool_config(args.config).select(args.experts)
+    for e in pool_cfg.experts:  # prepare in the driver so that progress bars are visible
+        kind, name = split_source(e.source)
+        if kind == "asset":
+            prepare(name, args.cache_dir or pool_cfg.cache_dir)
+    examples = list(data.iter_examples(data.multi_domain_mix(args.domains, args.per_domain, args.seed)))
+    connect_ray(stack, args.address)
+    pool = ExpertPool(pool_cfg, cache_dir=args.cache_dir)
+    print(f"starting {len(pool_cfg.experts)} expert actors ...", flush=True)
+    pool.start()
+    print(f"answering {len(examples)} questions from {len(args.domains)} domains with each expert ...",
+          flush=True)
+    answers = evaluate_pool(pool, examples, max_new_tokens={"numeric": args.numeric_max_tokens})
+    summary = summarize(answers)
+    summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    summary["answers"] = [a.__dict__ for a in answers]
+    table = markdown_table(summary)
+    write_json(out / "report.json", summary)
+    write_atomic(out / "report.md",
+                 f"# der_ray main job\n\n{table}\n\nwall time: {summary['wall_s']} s\n")
+    print(table)
+    print(f"\nreport: {out / 'report.md'} ({summary['wall_s']} s)")
+    return 0
 
 
 if __name__ == "__main__":

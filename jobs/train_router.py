@@ -11,6 +11,7 @@ driver (no expert actors, no remote env runners) so that breakpoints work.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -39,11 +40,14 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    import ray
+    from der_ray.runtime import run_main
 
+    return run_main(lambda stack: _run(args, stack))
+
+
+def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from der_ray import data
     from der_ray.config import RewardConfig, RouterConfig, TrainConfig, config_to_dict, load_pool_config
-    from der_ray.errors import DerRayError
     from der_ray.paths import cache_dir
     from der_ray.routing.algo import EPISODE_RETURN_MEAN, build_ppo_config, get_metric
     from der_ray.routing.env import RoutingEnv
@@ -57,51 +61,43 @@ def main(argv: list[str] | None = None) -> int:
         prefixed,
     )
     from der_ray.routing.training import train_router
-    from der_ray.runtime import init_ray, set_threads, setup_logging
+    from der_ray.runtime import connect_ray, set_threads, setup_logging
 
     setup_logging()
     set_threads(1)
-    started = False
-    try:
-        pool = load_pool_config(args.pool).select(args.experts)
-        router = RouterConfig(reward=RewardConfig(cost_coef=args.cost_coef), t_max=args.t_max,
-                              encoder=args.encoder)
-        train = TrainConfig(iterations=args.iterations, train_batch_size=args.train_batch_size,
-                            minibatch_size=min(128, args.train_batch_size),
-                            num_env_runners=0 if args.local else args.num_env_runners, seed=args.seed)
-        rows = [ex.to_row() for ex in data.iter_examples(
-            data.split_mix(args.domains, "train", args.per_domain, args.seed))]
-        cache_root = Path(args.cache_dir or cache_dir() / "responses").resolve()
-        responses = None if args.no_cache else str(cache_root)
-        env_config = {"pool": config_to_dict(pool), "router": config_to_dict(router), "examples": rows,
-                      "experts": "local" if args.local else "actors", "cache": responses, "seed": args.seed}
-        started = init_ray(args.address)
-        if not args.local:
-            from der_ray.experts.actors import ExpertPool
+    pool = load_pool_config(args.pool).select(args.experts)
+    router = RouterConfig(reward=RewardConfig(cost_coef=args.cost_coef), t_max=args.t_max,
+                          encoder=args.encoder)
+    train = TrainConfig(iterations=args.iterations, train_batch_size=args.train_batch_size,
+                        minibatch_size=min(128, args.train_batch_size),
+                        num_env_runners=0 if args.local else args.num_env_runners, seed=args.seed)
+    rows = [ex.to_row() for ex in data.iter_examples(
+        data.split_mix(args.domains, "train", args.per_domain, args.seed))]
+    cache_root = Path(args.cache_dir or cache_dir() / "responses").resolve()
+    responses = None if args.no_cache else str(cache_root)
+    env_config = {"pool": config_to_dict(pool), "router": config_to_dict(router), "examples": rows,
+                  "experts": "local" if args.local else "actors", "cache": responses, "seed": args.seed}
+    connect_ray(stack, args.address)
+    if not args.local:
+        from der_ray.experts.actors import ExpertPool
 
-            print(f"starting {len(pool.experts)} expert actors ...", flush=True)
-            ExpertPool(pool).start()
-        storage = Path(args.storage).expanduser().resolve()
+        print(f"starting {len(pool.experts)} expert actors ...", flush=True)
+        ExpertPool(pool).start()
+    storage = Path(args.storage).expanduser().resolve()
 
-        def report(it: int, result: dict) -> None:
-            def m(name: str) -> float:
-                return float(get_metric(result, name, float("nan")))
+    def report(it: int, result: dict) -> None:
+        def m(name: str) -> float:
+            return float(get_metric(result, name, float("nan")))
 
-            print(f"iter {it:3d}  return {m(EPISODE_RETURN_MEAN):7.3f}  quality {m(prefixed(QUALITY)):.3f}  "
-                  f"calls {m(prefixed(CALLS)):.2f}  params_b {m(prefixed(PARAMS_B)):.3f}  "
-                  f"cache hits {m(prefixed(CACHE_HIT_RATE)):.2f}  "
-                  f"LLM calls/episode {m(prefixed(LLM_CALLS)):.2f}", flush=True)
+        print(f"iter {it:3d}  return {m(EPISODE_RETURN_MEAN):7.3f}  quality {m(prefixed(QUALITY)):.3f}  "
+              f"calls {m(prefixed(CALLS)):.2f}  params_b {m(prefixed(PARAMS_B)):.3f}  "
+              f"cache hits {m(prefixed(CACHE_HIT_RATE)):.2f}  "
+              f"LLM calls/episode {m(prefixed(LLM_CALLS)):.2f}", flush=True)
 
-        outcome = train_router(build_ppo_config(RoutingEnv, env_config, train, callbacks=RouterMetrics),
-                               train, storage, resume=not args.no_resume, on_result=report)
-        print(f"checkpoint: {outcome.checkpoint} (iterations {outcome.resumed_from} -> {outcome.iterations})")
-        return 0
-    except DerRayError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    finally:
-        if started:
-            ray.shutdown()
+    outcome = train_router(build_ppo_config(RoutingEnv, env_config, train, callbacks=RouterMetrics),
+                           train, storage, resume=not args.no_resume, on_result=report)
+    print(f"checkpoint: {outcome.checkpoint} (iterations {outcome.resumed_from} -> {outcome.iterations})")
+    return 0
 
 
 if __name__ == "__main__":

@@ -70,11 +70,19 @@ class Scorer(ABC):
         Raises:
             ScorerError: the lengths differ, or as ``score``.
         """
+        self._check_batch(predictions, targets)
+        return [self.score(p, t) for p, t in zip(predictions, targets, strict=True)]
+
+    def _check_batch(self, predictions: Sequence[str], targets: Sequence[Target]) -> list[Example]:
+        """Validate aligned batches (for batched overrides); returns the targets as examples."""
         if len(predictions) != len(targets):
             raise ScorerError(
                 f"{self.name}: {len(predictions)} predictions but {len(targets)} targets; they must align"
             )
-        return [self.score(p, t) for p, t in zip(predictions, targets, strict=True)]
+        for p in predictions:
+            if not isinstance(p, str):
+                raise ScorerError(f"{self.name}: prediction must be a str, got {type(p).__name__}")
+        return [as_example(t) for t in targets]
 
     @abstractmethod
     def _score(self, prediction: str, example: Example) -> float:

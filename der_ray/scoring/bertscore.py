@@ -24,7 +24,7 @@ from typing import Any
 
 from der_ray.data.schema import Example
 from der_ray.errors import ScorerError
-from der_ray.scoring.base import Scorer, Target, as_example
+from der_ray.scoring.base import Scorer, Target
 from der_ray.scoring.embedding import PINNED_SHA256, minilm_dir, verify_model_dir
 
 BERT_SCORE_INSTALL = "pip install bert-score matplotlib"
@@ -81,12 +81,7 @@ class BERTScoreScorer(Scorer):
 
     def score_batch(self, predictions: Sequence[str], targets: Sequence[Target]) -> list[float]:
         """Batched BERTScore (one ``bert_score`` call for all pairs)."""
-        if len(predictions) != len(targets):
-            raise ScorerError(f"{self.name}: {len(predictions)} predictions but {len(targets)} targets")
-        for p in predictions:
-            if not isinstance(p, str):
-                raise ScorerError(f"{self.name}: prediction must be a str, got {type(p).__name__}")
-        return self._f1(list(predictions), [as_example(t) for t in targets])
+        return self._f1(list(predictions), self._check_batch(predictions, targets))
 
     def _f1(self, predictions: list[str], examples: list[Example]) -> list[float]:
         scorer = self._get()

