@@ -20,7 +20,7 @@ from pathlib import Path
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="expert pool YAML (default: the packaged three experts)")
+    p.add_argument("--pool", "--config", dest="pool", help="expert pool YAML (default: packaged)")
     p.add_argument("--router-config", help="YAML with the router section (KTP template, token budgets)")
     p.add_argument("--experts", nargs="*", help="subset of expert names (default: all)")
     p.add_argument("--domains", nargs="*", default=["triviaqa", "gsm8k", "piqa", "nq_open"])
@@ -60,7 +60,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
 
     setup_logging()
     t0 = time.perf_counter()
-    pool_cfg = load_pool_config(args.config).select(args.experts)
+    pool_cfg = load_pool_config(args.pool).select(args.experts)
     router_data = {}
     if args.router_config:
         path = Path(args.router_config)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="expert pool YAML (default: the packaged three experts)")
+    p.add_argument("--pool", "--config", dest="pool", help="expert pool YAML (default: packaged)")
     p.add_argument("--experts", nargs="*", help="subset of expert names (default: all)")
     p.add_argument("--domains", nargs="*", default=["gsm8k", "triviaqa", "nq_open", "arc_challenge",
                                                     "piqa", "mmlu"])
@@ -51,7 +51,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     set_threads(1)
     out = Path(args.output_dir).expanduser().resolve()
     t0 = time.perf_counter()
-    pool_cfg = load_pool_config(args.config).select(args.experts)
+    pool_cfg = load_pool_config(args.pool).select(args.experts)
     for e in pool_cfg.experts:  # prepare in the driver so that progress bars are visible
         kind, name = split_source(e.source)
         if kind == "asset":
