@@ -90,6 +90,55 @@ class SessionStore:
     def close(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)  # closing twice is harmless
 
+    def token_ids(self, session_id: str, *, last: int | None = None) -> list[int]:
+        """The ids held by a session (only the ``last`` ones when given: small payloads over Ray)."""
+        ids = self.get(session_id).ids
+        if last is not None:
+            if not isinstance(last, int) or last < 0:
+                raise InvalidRequestError(f"last must be a non-negative integer, got {last!r}")
+            return list(ids[len(ids) - min(last, len(ids)):])
+        return list(ids)
+
+    def replace(self, session_id: str, n_keep: int, ids: list[int], *, top_k: int | None) -> StepState:
+        """Keep the first ``n_keep`` tokens of a session, drop the rest, then append ``ids``.
+
+        The KV cache is cropped in place (``Cache.crop``); caches that cannot be rewound (a sliding
+        window layer already past its window) are rebuilt by re-running the kept tokens. The
+        distribution returned is the one after the last token, as for ``append``: when ``ids`` is
+        empty, the last kept token is run again to recover it.
+        """
+        session = self.get(session_id)
+        held = len(session.ids)
+        if not isinstance(n_keep, int) or not 0 <= n_keep <= held:
+            raise InvalidRequestError(f"n_keep must be an integer in [0, {held}], got {n_keep!r}")
+        ids = [int(i) for i in ids]
+        if n_keep + len(ids) == 0:
+            raise InvalidRequestError("replace: a session must keep or receive at least one token")
+        vocab = int(session.last_logits.shape[-1])
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise InvalidRequestError(f"token ids out of range [0, {vocab}): {bad[:5]}")
+        if n_keep == held and ids:
+            return self.append(session_id, ids, top_k=top_k)
+        if not ids:  # rerun the last kept token to get the logits after it
+            n_keep, ids = n_keep - 1, [session.ids[n_keep - 1]]
+        kept = session.ids[:n_keep]
+        cache = self._crop(session.cache, held, n_keep) if n_keep > 0 else None
+        if n_keep > 0 and cache is None:  # not rewindable: rebuild from the kept tokens
+            _, cache = self._forward(kept, None)
+        session.last_logits, session.cache = self._forward(ids, cache)
+        session.ids = kept + ids
+        return StepState(session_id, to_dist(session.last_logits, top_k), len(session.ids))
+
+    @staticmethod
+    def _crop(cache: Any, held: int, n_keep: int) -> Any:
+        """``cache`` cut to ``n_keep`` tokens, or None when this cache cannot be rewound."""
+        try:
+            cache.crop(n_keep - held)  # a negative count removes that many trailing tokens
+        except (RuntimeError, ValueError, AttributeError, NotImplementedError):
+            return None
+        return cache if cache.get_seq_length() == n_keep else None
+
     def _forward(self, ids: list[int], cache: Any) -> tuple[Any, Any]:
         import torch
 

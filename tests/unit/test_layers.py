@@ -18,9 +18,12 @@ FORBIDDEN = {
     "der_ray.data": ["der_ray.experts", "der_ray.scoring", "der_ray.evals", "der_ray.assets"],
     "der_ray.scoring": ["der_ray.experts", "der_ray.evals"],
     "der_ray.experts": ["der_ray.evals", "der_ray.routing", "der_ray.fusion", "der_ray.serve"],
+    "der_ray.routing": ["der_ray.fusion", "der_ray.evals", "der_ray.serve"],
+    "der_ray.fusion": ["der_ray.routing", "der_ray.evals", "der_ray.serve"],
 }
 RAY_FREE = ["der_ray.config", "der_ray.types", "der_ray.experts.hf", "der_ray.experts.prompts",
-            "der_ray.experts.sessions", "der_ray.data", "der_ray.scoring", "der_ray.evals"]
+            "der_ray.experts.sessions", "der_ray.data", "der_ray.scoring", "der_ray.evals",
+            "der_ray.fusion", "der_ray.routing.reward", "der_ray.routing.episode", "der_ray.routing.ktp"]
 
 
 def _imports(path: Path) -> set[str]:
@@ -56,7 +59,8 @@ def test_layers_point_one_way():
 
 def test_importing_the_package_loads_no_torch_or_ray():
     code = ("import sys, der_ray, der_ray.config, der_ray.experts.hf, der_ray.experts.actors, "
-            "der_ray.data, der_ray.scoring, der_ray.assets, der_ray.evals.answering, der_ray.cli; "
+            "der_ray.data, der_ray.scoring, der_ray.assets, der_ray.evals.answering, der_ray.cli, "
+            "der_ray.routing.env, der_ray.routing.episode; "
             "heavy = [m for m in ('torch', 'ray', 'transformers') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,97 @@
+"""The fusion coordinator's view of a member: any object with the expert step API, local or remote.
+
+Contract: ``Member`` wraps an ``HFExpert`` (calls run in this process, in order) or a
+``RemoteExpert`` (anything whose class defines ``submit`` and ``result``: calls are started on every
+member first and awaited afterwards, so the members compute in parallel; a late answer is
+``ExpertTimeoutError``). Nothing here imports Ray. ``member_tokenizer`` gives the coordinator a
+tokenizer for the member: the object's own for a local expert, else rebuilt from
+``tokenizer_files()`` (a few MB once per member, no model weights).
+Step API used: ``open_session, append_tokens, replace_tokens, session_token_ids, close_session,
+vocabulary, input_embeddings, tokenizer_files``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EMBEDDING_CHUNK = 8192
+"""Ids per ``input_embeddings`` call when fetching many rows (keeps each payload under ~30 MB)."""
+
+
+@dataclass
+class Pending:
+    """A started call: a Ray ObjectRef for remote members, the finished value or error for local ones."""
+
+    ref: Any = None
+    value: Any = None
+    error: BaseException | None = None
+
+
+class Member:
+    """One ensemble member behind a uniform start/finish call interface."""
+
+    def __init__(self, obj: Any, *, name: str | None = None, timeout_s: float | None = None) -> None:
+        self.obj = obj
+        self.name = name or str(getattr(obj, "name", "") or type(obj).__name__)
+        cls = type(obj)
+        self.remote = callable(getattr(cls, "submit", None)) and callable(getattr(cls, "result", None))
+        self.timeout_s = timeout_s
+
+    def start(self, method: str, *args: Any, **kwargs: Any) -> Pending:
+        if self.remote:
+            return Pending(ref=self.obj.submit(method, *args, **kwargs))
+        try:
+            return Pending(value=getattr(self.obj, method)(*args, **kwargs))
+        except Exception as e:  # re-raised by finish(), where remote errors surface too
+            return Pending(error=e)
+
+    def finish(self, pending: Pending) -> Any:
+        if self.remote:
+            return self.obj.result(pending.ref, self.timeout_s)
+        if pending.error is not None:
+            raise pending.error
+        return pending.value
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self.finish(self.start(method, *args, **kwargs))
+
+    def embeddings(self, ids: Sequence[int]) -> np.ndarray:
+        """``(len(ids), d)`` float32 input-embedding rows, fetched in chunks."""
+        ids = [int(i) for i in ids]
+        parts = [np.asarray(self.call("input_embeddings", ids[i:i + EMBEDDING_CHUNK]), dtype=np.float32)
+                 for i in range(0, len(ids), EMBEDDING_CHUNK)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def member_tokenizer(member: Member) -> Any:
+    """A tokenizer equivalent to the member's (see the module docstring)."""
+    if not member.remote and getattr(member.obj, "tokenizer", None) is not None:
+        return member.obj.tokenizer
+    from transformers import AutoTokenizer
+
+    files: dict[str, bytes] = member.call("tokenizer_files")
+    with tempfile.TemporaryDirectory() as d:
+        for name, data in files.items():
+            (Path(d) / name).write_bytes(data)
+        return AutoTokenizer.from_pretrained(d)
+
+
+def gather(members: Sequence[Member], pendings: Sequence[Pending | None]) -> list[Any]:
+    """Finish every started call; a failed call's exception is returned in its slot (None stays None),
+    so the caller decides per member whether to raise or degrade, and no call is left unobserved."""
+    out: list[Any] = []
+    for m, p in zip(members, pendings, strict=True):
+        if p is None:
+            out.append(None)
+            continue
+        try:
+            out.append(m.finish(p))
+        except Exception as e:
+            out.append(e)
+    return out

@@ -1,0 +1,149 @@
+"""Fused decoding of the two tiny experts (different vocabularies), locally, without Ray."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from der_ray.config import pool_from_dict
+from der_ray.errors import ConfigError, ExpertTimeoutError
+from der_ray.experts.hf import HFExpert
+from der_ray.fusion.decoder import FusionConfig, FusionDecoder
+from der_ray.fusion.inverse import inverse_search
+from der_ray.fusion.relative import dense_relative_matrix, relative_vector
+
+PROMPTS = ["What is 2+2?", "Name a capital city"]
+
+
+@pytest.fixture(scope="module")
+def chat(tiny_pool_cfg) -> HFExpert:
+    return HFExpert(tiny_pool_cfg.expert("tiny-chat"))
+
+
+@pytest.fixture(scope="module")
+def base(tiny_pool_cfg) -> HFExpert:
+    return HFExpert(tiny_pool_cfg.expert("tiny-base"))
+
+
+@pytest.fixture(scope="module")
+def fused(chat, base) -> FusionDecoder:
+    return FusionDecoder([chat, base], config=FusionConfig(lr=0.5))
+
+
+@pytest.mark.parametrize(("which", "reuse_ids"), [
+    ("chat", True), ("base", True), ("base", False),
+    # the text path re-tokenises canonically; this random byte-level model emits non-canonical splits
+    # ("Fr" + "qu" where the tokenizer says "Frqu"), so its copy sees other ids (spec §5.9)
+    pytest.param("chat", False, marks=pytest.mark.xfail(reason="non-canonical ids through the text path",
+                                                        strict=True)),
+])
+def test_self_ensemble_reproduces_greedy_output(chat, base, which, reuse_ids):
+    expert = chat if which == "chat" else base
+    dec = FusionDecoder([expert, expert], config=FusionConfig(lr=0.5, reuse_ids=reuse_ids))
+    assert len(dec.anchors) > 250  # the whole non-special vocabulary
+    for p in PROMPTS:
+        solo = expert.generate([p], max_new_tokens=16, stop=["zzz"])[0]
+        out = dec.generate(p, max_new_tokens=16, stop=expert.formatter.stop)
+        assert out.text == solo.text and out.n_changed == 0 and len(out.token_ids) == solo.completion_tokens
+        assert out.n_searched > 0  # the search did run (tiny models are unsure)
+
+
+def test_two_vocabularies_greedy_and_seeded(fused, chat):
+    a = [fused.generate(p, max_new_tokens=12) for p in PROMPTS]
+    b = [fused.generate(p, max_new_tokens=12) for p in PROMPTS]
+    assert [r.text for r in a] == [r.text for r in b] and [r.token_ids for r in a] == [r.token_ids for r in b]
+    assert any(r.n_changed > 0 for r in a)  # the partner changed some tokens
+    assert a[0].text != chat.generate([PROMPTS[0]], max_new_tokens=12)[0].text
+    s1 = fused.generate(PROMPTS[0], max_new_tokens=12, temperature=1.0, seed=7)
+    s2 = fused.generate(PROMPTS[0], max_new_tokens=12, temperature=1.0, seed=7)
+    s3 = fused.generate(PROMPTS[0], max_new_tokens=12, temperature=1.0, seed=8)
+    assert s1.token_ids == s2.token_ids and s1.token_ids != s3.token_ids
+    assert "<0x" not in a[0].text
+
+
+def test_stop_strings_and_max_tokens(fused):
+    free = fused.generate(PROMPTS[1], max_new_tokens=10)
+    assert free.finish_reason == "length" and len(free.token_ids) == 10
+    stop = free.text.strip()[2:4]
+    cut = fused.generate(PROMPTS[1], max_new_tokens=10, stop=[stop])
+    assert cut.finish_reason == "stop" and stop not in cut.text and free.text.startswith(cut.text)
+    assert len(cut.token_ids) < 10
+    assert len(fused.generate(PROMPTS[1], max_new_tokens=1).token_ids) == 1
+
+
+def test_full_vocabulary_equals_the_dense_method(tmp_path_factory, chat):
+    """top_k = None (all tokens) against a slow loop over dense matrices and uncached forwards."""
+    from der_ray.experts.tiny import build_tiny_expert
+
+    other_dir = build_tiny_expert(tmp_path_factory.mktemp("bpe2") / "m", "byte_bpe", seed=5)
+    cfg = pool_from_dict({"experts": [{"name": "tiny-chat2", "source": f"dir:{other_dir}",
+                                       "params_b": 0.001, "prompt": {"format": "chat"}}]})
+    other = HFExpert(cfg.expert("tiny-chat2"))
+    dec = FusionDecoder([chat, other], config=FusionConfig(top_k=None, lr=0.5, skip_when_safe=False))
+    prompt = "Name a capital city"  # one whose first fused token is not EOS
+    out = dec.generate(prompt, max_new_tokens=4)
+
+    anchors = [dec.anchors.member_ids(i) for i in range(2)]
+    dense = [dense_relative_matrix(torch.as_tensor(e.input_embeddings()), a) for e, a in zip(
+        (chat, other), anchors, strict=True)]
+    ids = chat.tokenizer.encode(chat.formatter.format(prompt), add_special_tokens=False)
+    n_tok = len(chat.tokenizer)
+    expected = []
+    for _ in range(4):
+        with torch.inference_mode():
+            logits = [e.model(torch.tensor([ids])).logits[0, -1, :n_tok].float() for e in (chat, other)]
+        target = 0.5 * relative_vector(logits[0], dense[0][:n_tok]) + 0.5 * relative_vector(logits[1],
+                                                                                          dense[1][:n_tok])
+        z = inverse_search(torch.log_softmax(logits[0], -1), dense[0][:n_tok], target, lr=0.5)
+        expected.append(int(z.argmax()))
+        ids.append(expected[-1])
+    assert list(out.token_ids) == expected and out.n_searched == 4
+
+
+def test_weights_are_validated(chat, base):
+    with pytest.raises(ConfigError, match="sum to 1"):
+        FusionDecoder([chat, base], config=FusionConfig(weights=(0.5, 0.6)))
+    FusionDecoder([chat, base], config=FusionConfig(weights=(0.7, 0.3)))
+
+
+class _Flaky:
+    """A member whose steps time out after the first ``ok`` calls (as a remote member would)."""
+
+    def __init__(self, inner: HFExpert, ok: int) -> None:
+        self.inner, self.ok, self.name = inner, ok, "flaky"
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if name not in ("append_tokens", "replace_tokens", "input_embeddings"):
+            return attr
+
+        def call(*args, **kwargs):
+            if self.ok <= 0:
+                raise ExpertTimeoutError("expert 'flaky' did not answer within 1 s")
+            self.ok -= 1
+            return attr(*args, **kwargs)
+        return call
+
+
+def test_member_timeout_is_an_error_or_a_logged_degradation(chat, base, caplog):
+    strict = FusionDecoder([chat, _Flaky(base, ok=1000)], config=FusionConfig(lr=0.5))
+    strict.members[1].obj.ok = 1
+    with pytest.raises(ExpertTimeoutError, match="flaky"):
+        strict.generate(PROMPTS[0], max_new_tokens=8)
+    lenient = FusionDecoder([chat, _Flaky(base, ok=1000)], config=FusionConfig(
+        lr=0.5, on_member_timeout="degrade"))
+    lenient.members[1].obj.ok = 1
+    with caplog.at_level(logging.WARNING, logger="der_ray.fusion.decoder"):
+        out = lenient.generate(PROMPTS[0], max_new_tokens=8)
+    assert out.degraded == ("flaky",) and len(out.token_ids) == 8
+    assert any("dropping member 'flaky'" in r.message for r in caplog.records)
+
+
+def test_payloads_stay_small(fused):
+    fused.generate(PROMPTS[0], max_new_tokens=6)
+    rows = fused.rows[1]
+    assert rows.n_anchors == len(fused.anchors) and rows.hits > rows.misses  # rows are reused
+    assert np.isfinite(rows.anchor_unit.numpy()).all()
