@@ -67,7 +67,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         from der_ray.experts.actors import ExpertPool
 
         connect_ray(stack, args.address)
-        ExpertPool(pool).start()
+        stack.enter_context(ExpertPool(pool))  # handles held for the whole job
     responses = str(Path(args.cache_dir or cache_dir() / "responses").resolve())
     callers = make_callers(pool, "local" if args.local else "actors", responses)
     task = RoutingTask(pool, router_cfg, callers, StateEncoder(router_cfg.encoder))

@@ -82,7 +82,8 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         from der_ray.experts.actors import ExpertPool
 
         print(f"starting {len(pool.experts)} expert actors ...", flush=True)
-        ExpertPool(pool).start()
+        # Keep the pool (its handles) for the whole job: a non-detached actor dies with its last handle.
+        stack.enter_context(ExpertPool(pool))
     storage = Path(args.storage).expanduser().resolve()
 
     def report(it: int, result: dict) -> None:

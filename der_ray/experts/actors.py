@@ -125,6 +125,19 @@ class ExpertPool:
                 started[n].result(ref)
         return started
 
+    def __enter__(self) -> ExpertPool:
+        """Start every configured expert; the pool holds their handles until ``__exit__``.
+
+        Non-detached actors die with their last handle, so whoever needs the actors alive (a job
+        whose env runners look them up by name) must keep the pool alive: ``with ExpertPool(cfg):``.
+        Exiting drops the handles without killing actors that other handles still use.
+        """
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.experts.clear()
+
     def __getitem__(self, name: str) -> RemoteExpert:
         try:
             return self.experts[name]

@@ -51,3 +51,13 @@ def test_bad_input_exits_with_the_error_code(ray_session, pool_yaml, tmp_path, c
     assert code == 3 and "unknown domain" in capsys.readouterr().err
     code = _job("evaluate_router").main(["--pool", pool_yaml, "--t-max", "0", "--local"])
     assert code == 2
+
+
+def test_train_with_expert_actors(ray_session, pool_yaml, tmp_path):
+    """Not --local: the job starts the expert actors and must keep them alive for the env."""
+    storage = tmp_path / "router"
+    code = _job("train_router").main(["--pool", pool_yaml, "--domains", "piqa", "--per-domain", "2",
+                                      "--encoder", "hashing", "--t-max", "2", "--iterations", "1",
+                                      "--train-batch-size", "16", "--cache-dir", str(tmp_path / "responses"),
+                                      "--storage", str(storage)])
+    assert code == 0 and (storage / "checkpoints" / "iter_000001").is_dir()
