@@ -145,14 +145,18 @@ def scatter_png(summary: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels: dict[tuple[float, float], list[str]] = {}  # systems at the same point share one label
     for name, r in summary["systems"].items():
         q = r["quality"]
         err = [[100 * (q["mean"] - q["lo"])], [100 * (q["hi"] - q["mean"])]]
         star = name == summary["reference"]
         ax.errorbar(r["params_b"], 100 * q["mean"], yerr=err, fmt="*" if star else "o", capsize=3,
                     markersize=11 if star else 6)
-        ax.annotate(name, (r["params_b"], 100 * q["mean"]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
+        labels.setdefault((round(r["params_b"], 3), round(100 * q["mean"], 1)), []).append(
+            name.removeprefix("single:"))
+    for (x, y), names in labels.items():
+        ax.annotate("\n".join(names), (x, y), textcoords="offset points", xytext=(6, 2), fontsize=7,
+                    va="bottom")
     ax.set_xlabel("parameters used per question (billions)")
     ax.set_ylabel("quality (%)")
     ax.set_title("DER routing vs baselines (95% bootstrap intervals)")
