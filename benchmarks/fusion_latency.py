@@ -1,0 +1,178 @@
+"""Per-token latency and peak memory of DeePEn fused decoding vs its members decoding alone.
+
+    .venv/bin/python benchmarks/fusion_latency.py                       # SmolLM2 + Qwen, in-process
+    .venv/bin/python benchmarks/fusion_latency.py --actors              # members as expert actors
+    .venv/bin/python benchmarks/fusion_latency.py --members smollm2-135m gemma3-270m qwen2.5-coder-0.5b
+
+One run measures, on the same prompts and greedy decoding (``--tokens`` new tokens, no stop strings):
+- latency: each member alone (``SoloDecoder``: the member's own KV-cache session, the step path fusion
+  uses) and the fusion of all members (``FusionDecoder``), in the same process after a warm-up;
+  ms/token = total generate time (prefill included) / tokens emitted; ratio = fused / slowest member.
+- memory: peak RSS (``VmHWM``) of the fused setup (this process; with ``--actors`` also every actor
+  process) vs the sum of each member's peak RSS alone, each measured in its own fresh subprocess that
+  loads the member and runs the same prompts.
+Targets (issue 5): latency ratio <= 1.3, memory ratio <= 1.2. Writes results/fusion_latency.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROMPTS = ("What is the capital of Australia?",
+           "Explain in one sentence why the sky is blue.",
+           "Write a Python function that returns the square of a number.")
+DEFAULT_MEMBERS = ["smollm2-135m", "qwen2.5-coder-0.5b"]
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def vm_hwm_mb(pid: int | str = "self") -> float:
+    """Peak resident set size of a process in MB (Linux ``VmHWM``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def _timed(decoder: Any, prompts: list[str], tokens: int) -> dict[str, Any]:
+    decoder.generate(prompts[0], max_new_tokens=4)  # warm-up
+    lat, n, changed = 0.0, 0, 0
+    for p in prompts:
+        r = decoder.generate(p, max_new_tokens=tokens)
+        lat, n, changed = lat + r.latency_s, n + len(r.token_ids), changed + r.n_changed
+    return {"ms_per_token": 1000 * lat / max(n, 1), "tokens": n, "seconds": lat, "changed_tokens": changed}
+
+
+def child(name: str, prompts: list[str], tokens: int, threads: int) -> None:
+    """Subprocess body: one member alone; prints its numbers as one JSON line."""
+    from der_ray.config import load_pool_config
+    from der_ray.evals.fusion_eval import SoloDecoder
+    from der_ray.experts.hf import HFExpert
+    from der_ray.runtime import set_threads
+
+    set_threads(threads)
+    expert = HFExpert(load_pool_config().expert(name))
+    res = _timed(SoloDecoder(expert, name=name), prompts, tokens)
+    print(json.dumps({**res, "name": name, "peak_rss_mb": vm_hwm_mb()}))
+
+
+def _alone_in_subprocess(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", name, "--tokens", str(args.tokens), "--prompts",
+           str(args.prompts), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--members", nargs="*", default=DEFAULT_MEMBERS)
+    p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--prompts", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2, help="torch threads of this process and children")
+    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--actors", action="store_true", help="members as expert actors (parallel steps)")
+    p.add_argument("--output-dir", default=str(OUT))
+    p.add_argument("--name", default="fusion_latency")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    prompts = list(PROMPTS[: args.prompts])
+    if args.child:
+        child(args.child, prompts, args.tokens, args.threads)
+        return 0
+
+    from der_ray.config import load_pool_config
+    from der_ray.evals.fusion_eval import SoloDecoder
+    from der_ray.evals.report import write_atomic, write_json
+    from der_ray.fusion.decoder import FusionConfig, FusionDecoder
+    from der_ray.paths import cache_dir
+    from der_ray.runtime import init_ray, set_threads
+
+    t_start, load0 = time.perf_counter(), os.getloadavg()
+    alone_sub = {n: _alone_in_subprocess(n, args) for n in args.members}  # fresh process each
+    set_threads(args.threads)
+    pool = load_pool_config().select(args.members)
+    actor_pids: dict[str, int] = {}
+    if args.actors:
+        import ray
+
+        from der_ray.experts.actors import ExpertPool
+
+        started = init_ray()
+        experts = ExpertPool(pool)
+        experts.start()
+        objs = {n: experts[n] for n in args.members}
+        actor_pids = {n: objs[n].health().pid for n in args.members}
+    else:
+        from der_ray.experts.hf import HFExpert
+
+        objs = {n: HFExpert(pool.expert(n)) for n in args.members}
+    try:
+        alone = {n: _timed(SoloDecoder(objs[n], name=n, top_k=args.top_k), prompts, args.tokens)
+                 for n in args.members}
+        cfg = FusionConfig(top_k=args.top_k, anchor_dir=str(cache_dir() / "anchors"))
+        t0 = time.perf_counter()
+        fusion = FusionDecoder([objs[n] for n in args.members], config=cfg, names=args.members)
+        setup_s = time.perf_counter() - t0
+        fused = _timed(fusion, prompts, args.tokens)
+        fused.update({"setup_s": setup_s, "anchors": len(fusion.anchors.ids[0]), "main": args.members[0]})
+        rss = {"driver": vm_hwm_mb(), **{f"actor:{n}": vm_hwm_mb(pid) for n, pid in actor_pids.items()}}
+    finally:
+        if args.actors:
+            experts.shutdown()
+            if started:
+                ray.shutdown()
+    slowest = max(alone, key=lambda n: alone[n]["ms_per_token"])
+    fused_rss, sum_alone = sum(rss.values()), sum(a["peak_rss_mb"] for a in alone_sub.values())
+    summary = {
+        "members": args.members, "mode": "actors" if args.actors else "local", "tokens": args.tokens,
+        "prompts": prompts, "threads": args.threads, "top_k": args.top_k,
+        "alone": alone, "alone_subprocess": alone_sub, "fused": fused, "slowest_member": slowest,
+        "latency_ratio": fused["ms_per_token"] / alone[slowest]["ms_per_token"],
+        "peak_rss_mb": rss, "fused_peak_rss_mb": fused_rss, "sum_alone_peak_rss_mb": sum_alone,
+        "memory_ratio": fused_rss / sum_alone, "targets": {"latency_ratio": 1.3, "memory_ratio": 1.2},
+        "loadavg_before": load0, "loadavg_after": os.getloadavg(), "cpu_count": os.cpu_count(),
+        "wall_s": round(time.perf_counter() - t_start, 1),
+    }
+    out = Path(args.output_dir)
+    write_json(out / f"{args.name}.json", summary)
+    md = _markdown(summary)
+    write_atomic(out / f"{args.name}.md", md)
+    print(md)
+    return 0
+
+
+def _markdown(s: dict[str, Any]) -> str:
+    ok = {k: "meets" if s[k] <= s["targets"][k] else "MISSES" for k in ("latency_ratio", "memory_ratio")}
+    lines = [f"# DeePEn fusion latency and memory ({', '.join(s['members'])}; {s['mode']})", "",
+             f"{len(s['prompts'])} prompts x up to {s['tokens']} greedy tokens, top-k {s['top_k']}, "
+             f"{s['threads']} torch threads, main member {s['fused']['main']}, "
+             f"{s['fused']['anchors']} anchors (decoder setup {s['fused']['setup_s']:.1f} s, "
+             "not in ms/token).", "",
+             "| decoding | ms/token | tokens | changed tokens |", "|---|---|---|---|"]
+    for n, a in s["alone"].items():
+        lines.append(f"| {n} alone | {a['ms_per_token']:.1f} | {a['tokens']} | - |")
+    f = s["fused"]
+    lines += [f"| fused | {f['ms_per_token']:.1f} | {f['tokens']} | {f['changed_tokens']} |", "",
+              f"**Latency ratio** fused / slowest member alone ({s['slowest_member']}): "
+              f"**{s['latency_ratio']:.2f}x** (target <= 1.3x: {ok['latency_ratio']}).", "",
+              "| peak RSS (MB) | value |", "|---|---|"]
+    lines += [f"| {n} alone (own process) | {a['peak_rss_mb']:.0f} |"
+              for n, a in s["alone_subprocess"].items()]
+    lines += [f"| sum of members alone | {s['sum_alone_peak_rss_mb']:.0f} |"]
+    lines += [f"| fused setup: {k} | {v:.0f} |" for k, v in s["peak_rss_mb"].items()]
+    lines += [f"| fused setup total | {s['fused_peak_rss_mb']:.0f} |", "",
+              f"**Memory ratio** fused / sum of members: **{s['memory_ratio']:.2f}x** "
+              f"(target <= 1.2x: {ok['memory_ratio']}).", "",
+              f"Load average {s['loadavg_before'][0]:.2f} -> {s['loadavg_after'][0]:.2f} "
+              f"on {s['cpu_count']} cores; wall time {s['wall_s']} s.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

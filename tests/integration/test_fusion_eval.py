@@ -1,0 +1,79 @@
+"""The fusion evaluation job end to end on the two tiny experts (local members and expert actors)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+JOBS = Path(__file__).resolve().parents[2] / "jobs"
+
+
+def _job():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("job_evaluate_fusion", JOBS / "evaluate_fusion.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.fixture()
+def pool_yaml(tiny_pool_cfg, tmp_path) -> str:
+    from der_ray.config import config_to_dict
+
+    path = tmp_path / "pool.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(tiny_pool_cfg)))
+    return str(path)
+
+
+def _args(pool_yaml: str, tmp_path: Path, tasks: tuple[str, ...] = ("triviaqa", "nq_open")) -> list[str]:
+    return ["--pool", pool_yaml, "--tasks", *tasks, "--per-task", "3", "--dev-per-task", "2",
+            "--max-new-tokens", "short_answer=4", "--anchor-dir", str(tmp_path / "anchors"),
+            "--output-dir", str(tmp_path / "results")]
+
+
+def test_local_job_writes_members_fusions_and_intervals(ray_session, pool_yaml, tmp_path):
+    assert _job().main([*_args(pool_yaml, tmp_path), "--local"]) == 0
+    report = json.loads((tmp_path / "results" / "fusion_eval.json").read_text())
+    assert report["members"] == ["tiny-chat", "tiny-base"] and report["mode"] == "local"
+    assert report["wall_s"] > 0 and set(report["tasks"]) == {"triviaqa", "nq_open"}
+    for t in report["tasks"].values():
+        assert t["n_test"] == 3 and t["n_dev"] == 2 and t["main"] in report["members"]
+        assert set(t["members"]) == {"tiny-chat", "tiny-base"}
+        assert set(t["fused"]) == {"all"} and t["pairs"] == {}  # two members: the pair is "all"
+        fused = t["fused"]["all"]
+        assert fused["main"] == t["main"] and fused["members"] == report["members"]
+        for iv in [fused["accuracy"], *fused["vs_members"].values()]:
+            assert iv["lo"] <= iv["mean"] <= iv["hi"]
+        assert set(fused["vs_members"]) == {"tiny-chat", "tiny-base"}
+        assert len(t["per_question"]["fused:all"]) == 3 and fused["tokens"] > 0
+    md = (tmp_path / "results" / "fusion_eval.md").read_text()
+    assert "## triviaqa" in md and "| fused all |" in md and "paired bootstrap" in md
+
+
+def test_actor_job_with_pairs(ray_session, pool_yaml, tmp_path, tiny_pool_cfg):
+    """Three members (tiny-base twice under another name) through expert actors: pairs are fused."""
+    from der_ray.config import config_to_dict
+
+    data = config_to_dict(tiny_pool_cfg)
+    data["experts"].append({**data["experts"][1], "name": "tiny-base-2"})
+    path = tmp_path / "pool3.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert _job().main(_args(str(path), tmp_path, tasks=("triviaqa",))) == 0
+    report = json.loads((tmp_path / "results" / "fusion_eval.json").read_text())
+    t = report["tasks"]["triviaqa"]
+    assert report["mode"] == "actors" and set(t["fused"]) == {"all"}
+    assert set(t["pairs"]) == {"tiny-chat+tiny-base", "tiny-chat+tiny-base-2", "tiny-base+tiny-base-2"}
+    for s in t["pairs"].values():
+        assert s["main"] in s["members"] and len(s["vs_members"]) == 3
+
+
+def test_bad_member_name_exits_with_a_clear_message(pool_yaml, tmp_path, capsys):
+    code = _job().main([*_args(pool_yaml, tmp_path), "--local", "--members", "tiny-chat", "nope"])
+    err = capsys.readouterr().err
+    assert code != 0 and "unknown expert 'nope'" in err and "tiny-chat" in err
+    code = _job().main([*_args(pool_yaml, tmp_path), "--local", "--members", "tiny-chat"])
+    assert code != 0 and "at least two members" in capsys.readouterr().err
