@@ -1,9 +1,10 @@
 """The fusion coordinator's view of a member: any object with the expert step API, local or remote.
 
-Contract: ``Member`` wraps an ``HFExpert`` (calls run in this process, in order) or a
-``RemoteExpert`` (anything whose class defines ``submit`` and ``result``: calls are started on every
-member first and awaited afterwards, so the members compute in parallel; a late answer is
-``ExpertTimeoutError``). Nothing here imports Ray. ``member_tokenizer`` gives the coordinator a
+Contract: ``Member`` wraps an ``HFExpert`` (calls run in this process on the member's own worker
+thread, in order, so different members' forward passes overlap: torch releases the GIL in its
+kernels) or a ``RemoteExpert`` (anything whose class defines ``submit`` and ``result``: calls are
+started on every member first and awaited afterwards, so the members compute in parallel; a late
+answer is ``ExpertTimeoutError``). Nothing here imports Ray. ``member_tokenizer`` gives the coordinator a
 tokenizer for the member: the object's own for a local expert, else rebuilt from
 ``tokenizer_files()`` (a few MB once per member, no model weights).
 Step API used: ``open_session, append_tokens, replace_tokens, session_token_ids, close_session,
@@ -14,11 +15,15 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from der_ray.errors import ExpertTimeoutError
 
 EMBEDDING_CHUNK = 8192
 """Ids per ``input_embeddings`` call when fetching many rows (keeps each payload under ~30 MB)."""
@@ -29,8 +34,7 @@ class Pending:
     """A started call: a Ray ObjectRef for remote members, the finished value or error for local ones."""
 
     ref: Any = None
-    value: Any = None
-    error: BaseException | None = None
+    future: Future[Any] | None = None
 
 
 class Member:
@@ -42,21 +46,26 @@ class Member:
         cls = type(obj)
         self.remote = callable(getattr(cls, "submit", None)) and callable(getattr(cls, "result", None))
         self.timeout_s = timeout_s
+        # One worker thread per local member: its calls stay ordered (sessions need that) while
+        # other members run at the same time.
+        self._worker = (None if self.remote
+                        else ThreadPoolExecutor(1, thread_name_prefix=f"member-{self.name}"))
 
     def start(self, method: str, *args: Any, **kwargs: Any) -> Pending:
         if self.remote:
             return Pending(ref=self.obj.submit(method, *args, **kwargs))
-        try:
-            return Pending(value=getattr(self.obj, method)(*args, **kwargs))
-        except Exception as e:  # re-raised by finish(), where remote errors surface too
-            return Pending(error=e)
+        assert self._worker is not None
+        return Pending(future=self._worker.submit(getattr(self.obj, method), *args, **kwargs))
 
     def finish(self, pending: Pending) -> Any:
         if self.remote:
             return self.obj.result(pending.ref, self.timeout_s)
-        if pending.error is not None:
-            raise pending.error
-        return pending.value
+        assert pending.future is not None
+        try:  # re-raises the member's own exception here, as remote errors surface in result()
+            return pending.future.result(timeout=self.timeout_s)
+        except FutureTimeout:
+            raise ExpertTimeoutError(
+                f"member {self.name!r} did not answer within {self.timeout_s} s") from None
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self.finish(self.start(method, *args, **kwargs))
