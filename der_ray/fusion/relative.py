@@ -123,7 +123,9 @@ class RelativeRows:
         if len(missing):
             if emb is None:
                 raise ValueError("take: embeddings are required for the missing ids")
-            new = relative_rows(torch.as_tensor(emb), self.anchor_unit,
+            # Arrays from Ray's object store arrive read-only; torch wants writable memory.
+            rows = emb if isinstance(emb, torch.Tensor) else torch.from_numpy(np.array(emb, copy=True))
+            new = relative_rows(rows, self.anchor_unit,
                                 temperature=self.temperature)  # (m, A)
             fresh = {int(i): row for i, row in zip(missing, new, strict=True)}
         self.misses += len(fresh)
