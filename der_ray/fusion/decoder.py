@@ -246,8 +246,8 @@ class _Run:
         assert dist is not None
         n_tokens = len(self.d.vocabs[main].tokens)
         keep = dist.ids < n_tokens  # padding rows of the embedding matrix are no tokens
-        cand = torch.as_tensor(dist.ids[keep])  # (k,)
-        z0 = torch.as_tensor(dist.logprobs[keep]).float()  # (k,)
+        cand = torch.tensor(dist.ids[keep])  # (k,)
+        z0 = torch.tensor(dist.logprobs[keep]).float()  # (k,)
         top = int(cand[int(torch.argmax(z0))])
         greedy = self.temperature == 0
         main_only = (self.cfg.lr <= 1e-6 or top in eos or self.detok.pending or len(self.active) == 1
@@ -257,7 +257,7 @@ class _Run:
         z = z0
         if not main_only:
             rows = self._rows()
-            vectors = torch.stack([relative_vector(torch.as_tensor(self._dist(i)[1]), rows[i])
+            vectors = torch.stack([relative_vector(torch.tensor(self._dist(i)[1]), rows[i])
                                    for i in self.active])  # (N_active, A)
             target = aggregate(vectors, [self.weights[i] for i in self.active])  # (A,)
             z = inverse_search(z0, rows[main], target, lr=self.cfg.lr, steps=self.cfg.steps,
