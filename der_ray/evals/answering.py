@@ -38,6 +38,8 @@ class Answer:
     method: str
     completion_tokens: int
     latency_s: float
+    finish_reason: str = "stop"
+    """``length`` when a generated answer hit its token budget (likelihood answers: ``stop``)."""
 
 
 def plan(examples: Sequence[Example], prompt_format: str, *, batch_size: int = 8,
@@ -88,7 +90,8 @@ def collect(expert_name: str, examples: Sequence[Example], requests: Sequence[Re
             else:
                 scorer = get_scorer("mc_letter") if ex.answer_type == MULTIPLE_CHOICE else scorer_for(ex)
                 answers[i] = Answer(ex.id, ex.domain, expert_name, out.text, scorer.score(out.text, ex),
-                                    "generate", out.completion_tokens, out.latency_s / len(req.indices))
+                                    "generate", out.completion_tokens, out.latency_s / len(req.indices),
+                                    out.finish_reason)
     return [answers[i] for i in range(len(examples))]
 
 
