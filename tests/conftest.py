@@ -85,3 +85,29 @@ def smollm2_dir() -> Path:
         if os.environ.get("CI"):  # CI installs the assets: a missing one there is a failure
             raise
         pytest.skip(f"SmolLM2 asset not installed: {e}")
+
+
+@pytest.fixture(scope="session")
+def load_job():  # type: ignore[no-untyped-def]
+    """Import ``jobs/<name>.py`` as a module (the jobs are scripts, not a package)."""
+    import importlib.util
+
+    def load(name: str):  # type: ignore[no-untyped-def]
+        spec = importlib.util.spec_from_file_location(f"job_{name}", REPO / "jobs" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        return module
+
+    return load
+
+
+@pytest.fixture()
+def pool_yaml(tiny_pool_cfg, tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
+    """The tiny pool written as a YAML file (what jobs take through --pool)."""
+    import yaml
+
+    from der_ray.config import config_to_dict
+
+    path = tmp_path / "pool.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(tiny_pool_cfg)))
+    return str(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,23 +9,6 @@ import pytest
 import yaml
 
 pytestmark = pytest.mark.integration
-JOBS = Path(__file__).resolve().parents[2] / "jobs"
-
-
-def _job():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("job_evaluate_fusion", JOBS / "evaluate_fusion.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-@pytest.fixture()
-def pool_yaml(tiny_pool_cfg, tmp_path) -> str:
-    from der_ray.config import config_to_dict
-
-    path = tmp_path / "pool.yaml"
-    path.write_text(yaml.safe_dump(config_to_dict(tiny_pool_cfg)))
-    return str(path)
 
 
 def _args(pool_yaml: str, tmp_path: Path, tasks: tuple[str, ...] = ("triviaqa", "nq_open")) -> list[str]:
@@ -35,8 +17,8 @@ def _args(pool_yaml: str, tmp_path: Path, tasks: tuple[str, ...] = ("triviaqa", 
             "--output-dir", str(tmp_path / "results")]
 
 
-def test_local_job_writes_members_fusions_and_intervals(ray_session, pool_yaml, tmp_path):
-    assert _job().main([*_args(pool_yaml, tmp_path), "--local"]) == 0
+def test_local_job_writes_members_fusions_and_intervals(load_job, ray_session, pool_yaml, tmp_path):
+    assert load_job("evaluate_fusion").main([*_args(pool_yaml, tmp_path), "--local"]) == 0
     report = json.loads((tmp_path / "results" / "fusion_eval.json").read_text())
     assert report["members"] == ["tiny-chat", "tiny-base"] and report["mode"] == "local"
     assert report["wall_s"] > 0 and set(report["tasks"]) == {"triviaqa", "nq_open"}
@@ -54,7 +36,7 @@ def test_local_job_writes_members_fusions_and_intervals(ray_session, pool_yaml, 
     assert "## triviaqa" in md and "| fused all |" in md and "paired bootstrap" in md
 
 
-def test_actor_job_with_pairs(ray_session, pool_yaml, tmp_path, tiny_pool_cfg):
+def test_actor_job_with_pairs(load_job, ray_session, pool_yaml, tmp_path, tiny_pool_cfg):
     """Three members (tiny-base twice under another name) through expert actors: pairs are fused."""
     from der_ray.config import config_to_dict
 
@@ -62,7 +44,7 @@ def test_actor_job_with_pairs(ray_session, pool_yaml, tmp_path, tiny_pool_cfg):
     data["experts"].append({**data["experts"][1], "name": "tiny-base-2"})
     path = tmp_path / "pool3.yaml"
     path.write_text(yaml.safe_dump(data))
-    assert _job().main(_args(str(path), tmp_path, tasks=("triviaqa",))) == 0
+    assert load_job("evaluate_fusion").main(_args(str(path), tmp_path, tasks=("triviaqa",))) == 0
     report = json.loads((tmp_path / "results" / "fusion_eval.json").read_text())
     t = report["tasks"]["triviaqa"]
     assert report["mode"] == "actors" and set(t["fused"]) == {"all"}
@@ -71,9 +53,10 @@ def test_actor_job_with_pairs(ray_session, pool_yaml, tmp_path, tiny_pool_cfg):
         assert s["main"] in s["members"] and len(s["vs_members"]) == 3
 
 
-def test_bad_member_name_exits_with_a_clear_message(pool_yaml, tmp_path, capsys):
-    code = _job().main([*_args(pool_yaml, tmp_path), "--local", "--members", "tiny-chat", "nope"])
+def test_bad_member_name_exits_with_a_clear_message(load_job, pool_yaml, tmp_path, capsys):
+    job = load_job("evaluate_fusion")
+    code = job.main([*_args(pool_yaml, tmp_path), "--local", "--members", "tiny-chat", "nope"])
     err = capsys.readouterr().err
     assert code != 0 and "unknown expert 'nope'" in err and "tiny-chat" in err
-    code = _job().main([*_args(pool_yaml, tmp_path), "--local", "--members", "tiny-chat"])
+    code = job.main([*_args(pool_yaml, tmp_path), "--local", "--members", "tiny-chat"])
     assert code != 0 and "at least two members" in capsys.readouterr().err

@@ -2,42 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-import yaml
 
 pytestmark = pytest.mark.integration
-JOBS = Path(__file__).resolve().parents[2] / "jobs"
 
 
-def _job(name: str):  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location(f"job_{name}", JOBS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-@pytest.fixture()
-def pool_yaml(tiny_pool_cfg, tmp_path) -> str:
-    from der_ray.config import config_to_dict
-
-    path = tmp_path / "pool.yaml"
-    path.write_text(yaml.safe_dump(config_to_dict(tiny_pool_cfg)))
-    return str(path)
-
-
-def test_train_then_evaluate(ray_session, pool_yaml, tmp_path):
+def test_train_then_evaluate(load_job, ray_session, pool_yaml, tmp_path):
     common = ["--pool", pool_yaml, "--domains", "triviaqa", "piqa", "--encoder", "hashing", "--t-max", "2",
               "--cache-dir", str(tmp_path / "responses"), "--local"]
     storage = tmp_path / "router"
-    assert _job("train_router").main([*common, "--per-domain", "3", "--iterations", "2",
+    assert load_job("train_router").main([*common, "--per-domain", "3", "--iterations", "2",
                                       "--train-batch-size", "32", "--storage", str(storage)]) == 0
     assert (storage / "checkpoints" / "LATEST").is_file()
     out = tmp_path / "results"
-    assert _job("evaluate_router").main([*common, "--per-domain", "3", "--dev-per-domain", "2",
+    assert load_job("evaluate_router").main([*common, "--per-domain", "3", "--dev-per-domain", "2",
                                          "--checkpoint", str(storage), "--output-dir", str(out)]) == 0
     report = json.loads((out / "routing_eval.json").read_text())
     assert report["n_test"] == 6 and "der" in report["systems"] and "oracle" in report["systems"]
@@ -45,18 +25,18 @@ def test_train_then_evaluate(ray_session, pool_yaml, tmp_path):
     assert "| der |" in (out / "routing_eval.md").read_text()
 
 
-def test_bad_input_exits_with_the_error_code(ray_session, pool_yaml, tmp_path, capsys):
-    code = _job("train_router").main(["--pool", pool_yaml, "--domains", "gsm9k", "--local",
+def test_bad_input_exits_with_the_error_code(load_job, ray_session, pool_yaml, tmp_path, capsys):
+    code = load_job("train_router").main(["--pool", pool_yaml, "--domains", "gsm9k", "--local",
                                       "--storage", str(tmp_path / "r")])
     assert code == 3 and "unknown domain" in capsys.readouterr().err
-    code = _job("evaluate_router").main(["--pool", pool_yaml, "--t-max", "0", "--local"])
+    code = load_job("evaluate_router").main(["--pool", pool_yaml, "--t-max", "0", "--local"])
     assert code == 2
 
 
-def test_train_with_expert_actors(ray_session, pool_yaml, tmp_path):
+def test_train_with_expert_actors(load_job, ray_session, pool_yaml, tmp_path):
     """Not --local: the job starts the expert actors and must keep them alive for the env."""
     storage = tmp_path / "router"
-    code = _job("train_router").main(["--pool", pool_yaml, "--domains", "piqa", "--per-domain", "2",
+    code = load_job("train_router").main(["--pool", pool_yaml, "--domains", "piqa", "--per-domain", "2",
                                       "--encoder", "hashing", "--t-max", "2", "--iterations", "1",
                                       "--train-batch-size", "16", "--cache-dir", str(tmp_path / "responses"),
                                       "--storage", str(storage)])
