@@ -1,0 +1,154 @@
+"""Sweep the DER reward's cost coefficient λ with Ray Tune: quality-vs-cost Pareto front, calibration.
+
+    python jobs/sweep_cost.py --storage /abs/out/tune --output-dir /abs/out/sweep      # local Ray
+    ray job submit --working-dir . -- python jobs/sweep_cost.py --grid 0 0.1 0.5 --seeds 0 1 \\
+        --storage /abs/out/tune --output-dir /abs/out/sweep --target-cost 0.5
+
+One Tune trial per (λ, seed): PPO on the shared response cache, then the final checkpoint is evaluated
+greedily on held-out test rows. Outputs in --output-dir: sweep_results.json (per trial: λ, seed,
+checkpoint, held-out quality/cost/usage, final training metrics), sweep_pareto.md (mean ± std per λ,
+Pareto flags, monotonicity check "mean cost does not increase as λ increases" with violations and their
+seeds), sweep_pareto.png (baselines from --baselines routing_eval.json overlaid) and, with
+--target-cost X, router_calibrated.json: the λ and checkpoint with the best quality at mean cost <= X
+(parameters in billions per question). No trial within the budget exits with code 2.
+
+Dashboards: every trial directory under <storage>/<name>/ has progress.csv, result.json and TensorBoard
+events (metrics under ray/tune/env_runners/router_*):
+
+    pip install tensorboard && tensorboard --logdir <storage>/<name>
+
+An interrupted sweep resumes with --resume (Tuner.restore of <storage>/<name>; errored trials re-run).
+--local runs the experts in-process in every trial instead of shared expert actors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pool", "--config", dest="pool", help="expert pool YAML (default: packaged)")
+    p.add_argument("--experts", nargs="*", help="subset of expert names")
+    p.add_argument("--domains", nargs="*", default=["triviaqa", "gsm8k", "piqa", "nq_open"])
+    p.add_argument("--per-domain", type=int, default=30, help="training questions per domain")
+    p.add_argument("--test-per-domain", type=int, default=20, help="held-out questions per domain (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="data split seed")
+    p.add_argument("--grid", type=float, nargs="*", default=None,
+                   help="λ values (cost units: reward per billion parameters called); default "
+                        "0 0.05 0.1 0.2 0.5 1")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0], help="PPO seeds per λ")
+    p.add_argument("--iterations", type=int, default=30, help="training iterations per trial")
+    p.add_argument("--train-batch-size", type=int, default=512)
+    p.add_argument("--t-max", type=int, default=5)
+    p.add_argument("--encoder", choices=["minilm", "hashing"], default="minilm")
+    p.add_argument("--max-concurrent", type=int, default=2, help="trials at once")
+    p.add_argument("--cpus-per-trial", type=float, default=0.5, help="CPUs of a trial (main + learner)")
+    p.add_argument("--storage", default="out/tune", help="Tune storage root (made absolute)")
+    p.add_argument("--name", default="cost_sweep", help="experiment name (directory under --storage)")
+    p.add_argument("--output-dir", default="out/sweep", help="where the sweep_* files go")
+    p.add_argument("--cache-dir", help="response cache (default <cache root>/responses)")
+    p.add_argument("--no-cache", action="store_true", help="call experts for every step")
+    p.add_argument("--resume", action="store_true", help="restore <storage>/<name> if it exists")
+    p.add_argument("--target-cost", type=float, help="calibrate: best quality with mean cost <= this")
+    p.add_argument("--baselines", help="routing_eval.json whose systems are overlaid on the plot")
+    p.add_argument("--local", action="store_true", help="experts in-process in each trial (no actors)")
+    p.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local cluster)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    from der_ray.runtime import run_main
+
+    return run_main(lambda stack: _run(args, stack))
+
+
+def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
+    from der_ray import data
+    from der_ray.config import RewardConfig, RouterConfig, TrainConfig, config_to_dict, load_pool_config
+    from der_ray.errors import ConfigError
+    from der_ray.paths import cache_dir
+    from der_ray.routing.algo import build_ppo_config
+    from der_ray.routing.env import RoutingEnv, make_callers
+    from der_ray.routing.metrics import RouterMetrics
+    from der_ray.runtime import connect_ray, set_threads, setup_logging
+    from der_ray.tune import pareto, sweep
+
+    setup_logging()
+    set_threads(1)
+    t0 = time.perf_counter()
+    grid = pareto.validate_grid(pareto.DEFAULT_GRID if args.grid is None else args.grid)
+    seeds = pareto.validate_seeds(args.seeds)
+    if args.target_cost is not None and not args.target_cost >= 0:
+        raise ConfigError(f"--target-cost must be >= 0, got {args.target_cost}")
+    baselines = None
+    if args.baselines:
+        try:
+            baselines = json.loads(Path(args.baselines).read_text())["systems"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"--baselines {args.baselines}: not a readable routing_eval.json ({e})") from e
+    pool = load_pool_config(args.pool).select(args.experts)
+    router = RouterConfig(reward=RewardConfig(), t_max=args.t_max, encoder=args.encoder)
+    train = TrainConfig(iterations=args.iterations, train_batch_size=args.train_batch_size,
+                        minibatch_size=min(128, args.train_batch_size), num_env_runners=0, seed=seeds[0])
+    rows = [ex.to_row() for ex in data.iter_examples(
+        data.split_mix(args.domains, "train", args.per_domain, args.seed))]
+    test = (list(data.iter_examples(data.split_mix(args.domains, "test", args.test_per_domain, args.seed)))
+            if args.test_per_domain > 0 else [])
+    responses = None if args.no_cache else str(Path(args.cache_dir or cache_dir() / "responses").resolve())
+    mode = "local" if args.local else "actors"
+    router_dict = config_to_dict(router)
+    env_config = {"pool": config_to_dict(pool), "router": router_dict, "examples": rows, "experts": mode,
+                  "cache": responses, "seed": args.seed}
+    connect_ray(stack, args.address)
+    if not args.local:
+        from der_ray.experts.actors import ExpertPool
+
+        print(f"starting {len(pool.experts)} expert actors ...", flush=True)
+        stack.enter_context(ExpertPool(pool))  # handles held by the driver for the whole sweep
+    config = build_ppo_config(RoutingEnv, env_config, train, callbacks=RouterMetrics)
+    tuner = sweep.build_tuner(config, grid=grid, seeds=seeds, storage=args.storage, name=args.name,
+                              iterations=args.iterations, max_concurrent_trials=args.max_concurrent,
+                              num_cpus_per_trial=args.cpus_per_trial, resume=args.resume)
+    print(f"sweeping λ {list(grid)} x seeds {list(seeds)} ({len(grid) * len(seeds)} trials) ...", flush=True)
+    t_fit = time.perf_counter()
+    results = tuner.fit()
+    fit_s = time.perf_counter() - t_fit
+    trials = sweep.collect_trials(results)
+    evaluate = None
+    if test:
+        callers = make_callers(pool, mode, responses)
+
+        def evaluate(trial: dict) -> dict:  # type: ignore[type-arg]
+            return sweep.evaluate_checkpoint(trial["checkpoint"], pool, router_dict, callers, test)
+
+    scored = sweep.score_trials(trials, evaluate)
+    experiment = Path(args.storage).expanduser().resolve() / args.name
+    meta = {"grid": list(grid), "seeds": list(seeds), "iterations": args.iterations,
+            "experiment": str(experiment), "n_train": len(rows), "n_test": len(test),
+            "domains": args.domains, "fit_s": round(fit_s, 1), "wall_s": round(time.perf_counter() - t0, 1),
+            "tensorboard": f"tensorboard --logdir {experiment}"}
+    out = Path(args.output_dir).expanduser().resolve()
+    report = sweep.write_outputs(out, scored, meta=meta, baselines=baselines)
+    print(pareto.markdown(report["points"], report["violations"]))
+    failed = [t for t in scored if t.get("error")]
+    if failed:
+        print(f"{len(failed)} trial(s) failed: " + "; ".join(f"λ={t['cost_coef']:g} seed {t['seed']}: "
+                                                             f"{t['error']}" for t in failed), flush=True)
+    print(f"results: {out / sweep.RESULTS_JSON} (Tune fit {fit_s:.1f} s); dashboards: {meta['tensorboard']}")
+    if args.target_cost is not None:
+        chosen = sweep.write_calibrated(out, scored, args.target_cost, pool=pool, router=router_dict)
+        print(f"calibrated: λ={chosen['cost_coef']:g} (seed {chosen['seed']}) quality "
+              f"{chosen['expected']['quality']:.3f} cost {chosen['expected']['cost']:.4f} -> "
+              f"{out / sweep.CALIBRATED_JSON}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
