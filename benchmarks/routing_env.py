@@ -44,10 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     from der_ray import data
-    from der_ray.config import RouterConfig, config_to_dict, load_pool_config, pool_from_dict
+    from der_ray.config import RouterConfig, load_pool_config, pool_from_dict
     from der_ray.evals.report import write_atomic, write_json
-    from der_ray.paths import cache_dir
-    from der_ray.routing.env import RoutingEnv
+    from der_ray.routing.env import RoutingEnv, build_env_config, responses_dir
 
     if args.tiny:
         from der_ray.experts.tiny import build_tiny_expert
@@ -60,12 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         responses = str(root / "responses")
     else:
         pool = load_pool_config(args.pool)
-        responses = str(Path(args.cache_dir or cache_dir() / "responses").resolve())
+        responses = responses_dir(args.cache_dir)
     router = RouterConfig(t_max=2, encoder=args.encoder)
-    rows = [ex.to_row() for ex in data.iter_examples(
-        data.split_mix(args.domains, "train", args.per_domain, args.seed))]
-    env = RoutingEnv({"pool": config_to_dict(pool), "router": config_to_dict(router), "examples": rows,
-                      "experts": "local", "cache": responses, "seed": args.seed})
+    examples = list(data.iter_examples(data.split_mix(args.domains, "train", args.per_domain, args.seed)))
+    rows = [ex.to_row() for ex in examples]
+    env = RoutingEnv(build_env_config(pool, router, examples, experts="local", cache=responses,
+                                      seed=args.seed))
     load_avg_before = os.getloadavg()
     passes = []
     t_setup = time.perf_counter()

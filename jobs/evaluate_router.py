@@ -47,9 +47,8 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from der_ray.config import RewardConfig, RouterConfig, load_pool_config
     from der_ray.evals.report import write_atomic, write_json
     from der_ray.evals.routing_eval import evaluate_systems, markdown, scatter_png, summarize_systems
-    from der_ray.paths import cache_dir
     from der_ray.routing.encoder import StateEncoder
-    from der_ray.routing.env import make_callers
+    from der_ray.routing.env import make_callers, responses_dir
     from der_ray.routing.episode import RoutingTask
     from der_ray.routing.router import Router
     from der_ray.routing.training import latest_checkpoint
@@ -68,8 +67,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
 
         connect_ray(stack, args.address)
         stack.enter_context(ExpertPool(pool))  # handles held for the whole job
-    responses = str(Path(args.cache_dir or cache_dir() / "responses").resolve())
-    callers = make_callers(pool, "local" if args.local else "actors", responses)
+    callers = make_callers(pool, "local" if args.local else "actors", responses_dir(args.cache_dir))
     task = RoutingTask(pool, router_cfg, callers, StateEncoder(router_cfg.encoder))
     der_actions = None
     if args.checkpoint:

@@ -71,11 +71,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from der_ray import data
-    from der_ray.config import RewardConfig, RouterConfig, TrainConfig, config_to_dict, load_pool_config
+    from der_ray.config import RewardConfig, RouterConfig, TrainConfig, load_pool_config
     from der_ray.errors import ConfigError
-    from der_ray.paths import cache_dir
     from der_ray.routing.algo import build_ppo_config
-    from der_ray.routing.env import RoutingEnv, make_callers
+    from der_ray.routing.env import RoutingEnv, build_env_config, make_callers, responses_dir
     from der_ray.routing.metrics import RouterMetrics
     from der_ray.runtime import connect_ray, set_threads, setup_logging
     from der_ray.tune import pareto, sweep
@@ -97,15 +96,13 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     router = RouterConfig(reward=RewardConfig(), t_max=args.t_max, encoder=args.encoder)
     train = TrainConfig(iterations=args.iterations, train_batch_size=args.train_batch_size,
                         minibatch_size=min(128, args.train_batch_size), num_env_runners=0, seed=seeds[0])
-    rows = [ex.to_row() for ex in data.iter_examples(
-        data.split_mix(args.domains, "train", args.per_domain, args.seed))]
+    train_rows = list(data.iter_examples(data.split_mix(args.domains, "train", args.per_domain, args.seed)))
     test = (list(data.iter_examples(data.split_mix(args.domains, "test", args.test_per_domain, args.seed)))
             if args.test_per_domain > 0 else [])
-    responses = None if args.no_cache else str(Path(args.cache_dir or cache_dir() / "responses").resolve())
+    responses = None if args.no_cache else responses_dir(args.cache_dir)
     mode = "local" if args.local else "actors"
-    router_dict = config_to_dict(router)
-    env_config = {"pool": config_to_dict(pool), "router": router_dict, "examples": rows, "experts": mode,
-                  "cache": responses, "seed": args.seed}
+    env_config = build_env_config(pool, router, train_rows, experts=mode, cache=responses, seed=args.seed)
+    router_dict = env_config["router"]
     connect_ray(stack, args.address)
     if not args.local:
         from der_ray.experts.actors import ExpertPool
@@ -131,7 +128,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     scored = sweep.score_trials(trials, evaluate)
     experiment = Path(args.storage).expanduser().resolve() / args.name
     meta = {"grid": list(grid), "seeds": list(seeds), "iterations": args.iterations,
-            "experiment": str(experiment), "n_train": len(rows), "n_test": len(test),
+            "experiment": str(experiment), "n_train": len(train_rows), "n_test": len(test),
             "domains": args.domains, "fit_s": round(fit_s, 1), "wall_s": round(time.perf_counter() - t0, 1),
             "tensorboard": f"tensorboard --logdir {experiment}"}
     out = Path(args.output_dir).expanduser().resolve()

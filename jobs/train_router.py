@@ -47,10 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from der_ray import data
-    from der_ray.config import RewardConfig, RouterConfig, TrainConfig, config_to_dict, load_pool_config
-    from der_ray.paths import cache_dir
+    from der_ray.config import RewardConfig, RouterConfig, TrainConfig, load_pool_config
     from der_ray.routing.algo import EPISODE_RETURN_MEAN, build_ppo_config, get_metric
-    from der_ray.routing.env import RoutingEnv
+    from der_ray.routing.env import RoutingEnv, build_env_config, responses_dir
     from der_ray.routing.metrics import (
         CACHE_HIT_RATE,
         CALLS,
@@ -71,12 +70,10 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     train = TrainConfig(iterations=args.iterations, train_batch_size=args.train_batch_size,
                         minibatch_size=min(128, args.train_batch_size),
                         num_env_runners=0 if args.local else args.num_env_runners, seed=args.seed)
-    rows = [ex.to_row() for ex in data.iter_examples(
-        data.split_mix(args.domains, "train", args.per_domain, args.seed))]
-    cache_root = Path(args.cache_dir or cache_dir() / "responses").resolve()
-    responses = None if args.no_cache else str(cache_root)
-    env_config = {"pool": config_to_dict(pool), "router": config_to_dict(router), "examples": rows,
-                  "experts": "local" if args.local else "actors", "cache": responses, "seed": args.seed}
+    train_rows = list(data.iter_examples(data.split_mix(args.domains, "train", args.per_domain, args.seed)))
+    env_config = build_env_config(pool, router, train_rows, experts="local" if args.local else "actors",
+                                  cache=None if args.no_cache else responses_dir(args.cache_dir),
+                                  seed=args.seed)
     connect_ray(stack, args.address)
     if not args.local:
         from der_ray.experts.actors import ExpertPool

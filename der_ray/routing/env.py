@@ -25,13 +25,26 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from der_ray.config import PoolConfig, RouterConfig, pool_from_dict, router_from_dict
+from der_ray.config import PoolConfig, RouterConfig, config_to_dict, pool_from_dict, router_from_dict
 from der_ray.data.schema import Example
 from der_ray.errors import ConfigError
+from der_ray.paths import cache_dir
 from der_ray.routing.encoder import StateEncoder
 from der_ray.routing.episode import Episode, RoutingTask
 
 ENCODER_DIMS = {"minilm": 384, "hashing": 64}
+
+
+def responses_dir(override: str | None = None) -> str:
+    """The response cache directory jobs share: ``override`` or ``<cache root>/responses``, absolute."""
+    return str(Path(override or cache_dir() / "responses").expanduser().resolve())
+
+
+def build_env_config(pool: PoolConfig, router: RouterConfig, examples: list[Example], *,
+                     experts: str = "actors", cache: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """The ``env_config`` dict of ``RoutingEnv`` (plain data: it is pickled into checkpoints)."""
+    return {"pool": config_to_dict(pool), "router": config_to_dict(router),
+            "examples": [ex.to_row() for ex in examples], "experts": experts, "cache": cache, "seed": seed}
 
 
 def make_callers(pool: PoolConfig, mode: str, cache_dir: str | None) -> dict[str, Any]:
