@@ -25,6 +25,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--experts", nargs="*", help="subset of expert names (default: all)")
     p.add_argument("--domains", nargs="*", default=["triviaqa", "gsm8k", "piqa", "nq_open"])
     p.add_argument("--per-domain", type=int, default=30, help="questions per domain")
+    p.add_argument("--domain-size", nargs="*", default=["gsm8k=20"], metavar="DOMAIN=N",
+                   help="per-domain exceptions to --per-domain, e.g. gsm8k=20 (long chains of thought)")
     p.add_argument("--split", default="train", help="part of the seeded 0.6/0.2/0.2 split: train, dev, test")
     p.add_argument("--seed", type=int, default=0, help="split and sample seed")
     p.add_argument("--depth", type=int, default=1, help="KTP steps after step 0 (0: step-0 answers only)")
@@ -72,7 +74,8 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     root = Path(args.cache_dir or router.cache_dir or cache_dir(pool_cfg.cache_dir) / "responses")
     root = root.expanduser().resolve()
     examples = list(data.iter_examples(
-        data.split_mix(args.domains, args.split, args.per_domain, args.seed)))
+        data.split_mix(args.domains, args.split,
+                       data.domain_sizes(args.domains, args.per_domain, args.domain_size), args.seed)))
 
     connect_ray(stack, args.address, namespace=pool_cfg.namespace)
     # Actors this job creates are owned by it and end with it (or with the last handle); live

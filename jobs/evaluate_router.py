@@ -22,8 +22,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", "--config", dest="pool", help="expert pool YAML (default: packaged)")
     p.add_argument("--experts", nargs="*")
     p.add_argument("--domains", nargs="*", default=["triviaqa", "gsm8k", "piqa", "nq_open"])
-    p.add_argument("--per-domain", type=int, default=75, help="test questions per domain")
-    p.add_argument("--dev-per-domain", type=int, default=30, help="dev questions per domain")
+    p.add_argument("--per-domain", type=int, default=84, help="test questions per domain")
+    p.add_argument("--domain-size", nargs="*", default=["gsm8k=50"], metavar="DOMAIN=N",
+                   help="per-domain exceptions to --per-domain, e.g. gsm8k=20 (long chains of thought)")
+    p.add_argument("--dev-per-domain", type=int, default=20, help="dev questions per domain")
+    p.add_argument("--dev-domain-size", nargs="*", default=["gsm8k=10"], metavar="DOMAIN=N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cost-coef", type=float, default=0.1)
     p.add_argument("--t-max", type=int, default=5)
@@ -60,8 +63,11 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     pool = load_pool_config(args.pool).select(args.experts)
     router_cfg = RouterConfig(reward=RewardConfig(cost_coef=args.cost_coef), t_max=args.t_max,
                               encoder=args.encoder)
-    test = list(data.iter_examples(data.split_mix(args.domains, "test", args.per_domain, args.seed)))
-    dev = list(data.iter_examples(data.split_mix(args.domains, "dev", args.dev_per_domain, args.seed)))
+    test = list(data.iter_examples(data.split_mix(
+        args.domains, "test", data.domain_sizes(args.domains, args.per_domain, args.domain_size), args.seed)))
+    dev = list(data.iter_examples(data.split_mix(
+        args.domains, "dev", data.domain_sizes(args.domains, args.dev_per_domain, args.dev_domain_size),
+        args.seed)))
     if not args.local:
         from der_ray.experts.actors import ExpertPool
 

@@ -10,6 +10,7 @@ checkpoint, held-out quality/cost/usage, final training metrics), sweep_pareto.m
 Pareto flags, monotonicity check "mean cost does not increase as λ increases" with violations and their
 seeds), sweep_pareto.png (baselines from --baselines routing_eval.json overlaid) and, with
 --target-cost X, router_calibrated.json: the λ and checkpoint with the best quality at mean cost <= X
+(or --target-share S: at most a share S of the calls to the largest expert, as RouteLLM calibrates)
 (parameters in billions per question). No trial within the budget exits with code 2.
 
 Dashboards: every trial directory under <storage>/<name>/ has progress.csv, result.json and TensorBoard
@@ -37,7 +38,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--experts", nargs="*", help="subset of expert names")
     p.add_argument("--domains", nargs="*", default=["triviaqa", "gsm8k", "piqa", "nq_open"])
     p.add_argument("--per-domain", type=int, default=30, help="training questions per domain")
+    p.add_argument("--domain-size", nargs="*", default=["gsm8k=20"], metavar="DOMAIN=N",
+                   help="per-domain exceptions to --per-domain, e.g. gsm8k=20 (long chains of thought)")
     p.add_argument("--test-per-domain", type=int, default=20, help="held-out questions per domain (0: none)")
+    p.add_argument("--test-domain-size", nargs="*", default=[], metavar="DOMAIN=N")
     p.add_argument("--seed", type=int, default=0, help="data split seed")
     p.add_argument("--grid", type=float, nargs="*", default=None,
                    help="λ values (cost units: reward per billion parameters called); default "
@@ -56,6 +60,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="call experts for every step")
     p.add_argument("--resume", action="store_true", help="restore <storage>/<name> if it exists")
     p.add_argument("--target-cost", type=float, help="calibrate: best quality with mean cost <= this")
+    p.add_argument("--target-share", type=float,
+                   help="calibrate: best quality with at most this share of calls to --share-expert")
+    p.add_argument("--share-expert", help="expert of --target-share (default: the largest in the pool)")
     p.add_argument("--baselines", help="routing_eval.json whose systems are overlaid on the plot")
     p.add_argument("--local", action="store_true", help="experts in-process in each trial (no actors)")
     p.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local cluster)")
@@ -86,6 +93,8 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     seeds = pareto.validate_seeds(args.seeds)
     if args.target_cost is not None and not args.target_cost >= 0:
         raise ConfigError(f"--target-cost must be >= 0, got {args.target_cost}")
+    if args.target_share is not None and not 0 <= args.target_share <= 1:
+        raise ConfigError(f"--target-share must be in [0, 1], got {args.target_share}")
     baselines = None
     if args.baselines:
         try:
@@ -96,8 +105,12 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     router = RouterConfig(reward=RewardConfig(), t_max=args.t_max, encoder=args.encoder)
     train = TrainConfig(iterations=args.iterations, train_batch_size=args.train_batch_size,
                         minibatch_size=min(128, args.train_batch_size), num_env_runners=0, seed=seeds[0])
-    train_rows = list(data.iter_examples(data.split_mix(args.domains, "train", args.per_domain, args.seed)))
-    test = (list(data.iter_examples(data.split_mix(args.domains, "test", args.test_per_domain, args.seed)))
+    train_rows = list(data.iter_examples(data.split_mix(
+        args.domains, "train", data.domain_sizes(args.domains, args.per_domain, args.domain_size),
+        args.seed)))
+    test = (list(data.iter_examples(data.split_mix(
+        args.domains, "test", data.domain_sizes(args.domains, args.test_per_domain, args.test_domain_size),
+        args.seed)))
             if args.test_per_domain > 0 else [])
     responses = None if args.no_cache else responses_dir(args.cache_dir)
     mode = "local" if args.local else "actors"
@@ -139,8 +152,12 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         print(f"{len(failed)} trial(s) failed: " + "; ".join(f"λ={t['cost_coef']:g} seed {t['seed']}: "
                                                              f"{t['error']}" for t in failed), flush=True)
     print(f"results: {out / sweep.RESULTS_JSON} (Tune fit {fit_s:.1f} s); dashboards: {meta['tensorboard']}")
-    if args.target_cost is not None:
-        chosen = sweep.write_calibrated(out, scored, args.target_cost, pool=pool, router=router_dict)
+    if args.target_cost is not None or args.target_share is not None:
+        expert = None
+        if args.target_share is not None:
+            expert = args.share_expert or max(pool.experts, key=lambda e: e.params_b).name
+        chosen = sweep.write_calibrated(out, scored, args.target_cost, target_share=args.target_share,
+                                        expert=expert, pool=pool, router=router_dict)
         print(f"calibrated: λ={chosen['cost_coef']:g} (seed {chosen['seed']}) quality "
               f"{chosen['expected']['quality']:.3f} cost {chosen['expected']['cost']:.4f} -> "
               f"{out / sweep.CALIBRATED_JSON}")

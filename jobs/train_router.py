@@ -22,6 +22,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--experts", nargs="*", help="subset of expert names")
     p.add_argument("--domains", nargs="*", default=["triviaqa", "gsm8k", "piqa", "nq_open"])
     p.add_argument("--per-domain", type=int, default=30, help="training questions per domain")
+    p.add_argument("--domain-size", nargs="*", default=["gsm8k=20"], metavar="DOMAIN=N",
+                   help="per-domain exceptions to --per-domain, e.g. gsm8k=20 (long chains of thought)")
     p.add_argument("--seed", type=int, default=0, help="data split and PPO seed")
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--train-batch-size", type=int, default=512)
@@ -70,7 +72,9 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     train = TrainConfig(iterations=args.iterations, train_batch_size=args.train_batch_size,
                         minibatch_size=min(128, args.train_batch_size),
                         num_env_runners=0 if args.local else args.num_env_runners, seed=args.seed)
-    train_rows = list(data.iter_examples(data.split_mix(args.domains, "train", args.per_domain, args.seed)))
+    train_rows = list(data.iter_examples(data.split_mix(
+        args.domains, "train", data.domain_sizes(args.domains, args.per_domain, args.domain_size),
+        args.seed)))
     env_config = build_env_config(pool, router, train_rows, experts="local" if args.local else "actors",
                                   cache=None if args.no_cache else responses_dir(args.cache_dir),
                                   seed=args.seed)

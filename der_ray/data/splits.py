@@ -157,11 +157,14 @@ def multi_domain_mix(
 def split_mix(
     domains: Sequence[str],
     part: str,
-    per_domain: int,
+    per_domain: int | Mapping[str, int],
     seed: int = 0,
     fractions: Mapping[str, float] | None = None,
 ) -> pa.Table:
     """``per_domain`` rows of each domain from one part (train/dev/test) of its seeded split.
+
+    ``per_domain`` may map domain -> count (see ``domain_sizes``); a smaller count of the same
+    domain is a subset of a larger one, so cached answers carry over when a slice grows.
 
     Training, cache precompute and evaluation jobs all draw their questions here, so train and test
     rows are disjoint by construction (``split`` is a pure function of (id, seed)).
@@ -173,14 +176,33 @@ def split_mix(
     fractions = dict(fractions or DEFAULT_FRACTIONS)
     if part not in fractions:
         raise ConfigError(f"unknown split part {part!r}; valid: {list(fractions)}")
-    if isinstance(per_domain, bool) or not isinstance(per_domain, int) or per_domain <= 0:
-        raise ConfigError(f"per_domain must be a positive int, got {per_domain!r}")
+    sizes = per_domain if isinstance(per_domain, Mapping) else dict.fromkeys(domains, per_domain)
     parts = []
     for domain in domains:
+        n = sizes.get(domain)
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise ConfigError(f"per_domain[{domain!r}] must be a positive int, got {n!r}")
         if domain not in DATASETS:
             raise DatasetError(f"unknown domain {domain!r}; valid names: {dataset_names()}")
         rows = split(load(domain), fractions, seed)[part]
-        if rows.num_rows < per_domain:
-            raise DatasetError(f"domain {domain!r} has only {rows.num_rows} {part} rows, need {per_domain}")
-        parts.append(sample(rows, per_domain, seed))
+        if rows.num_rows < n:
+            raise DatasetError(f"domain {domain!r} has only {rows.num_rows} {part} rows, need {n}")
+        parts.append(sample(rows, n, seed))
     return validate_table(shuffle(pa.concat_tables(parts), seed))
+
+
+def domain_sizes(domains: Sequence[str], default: int, overrides: Sequence[str] = ()) -> dict[str, int]:
+    """Questions per domain: ``default`` for each, except ``DOMAIN=N`` overrides (a jobs' flag).
+
+    Raises:
+        ConfigError: a malformed override or one naming a domain that is not in ``domains``.
+    """
+    sizes = dict.fromkeys(domains, default)
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ConfigError(f"domain size must look like DOMAIN=N, got {item!r}")
+        if name not in sizes:
+            raise ConfigError(f"domain size for {name!r}, which is not among the domains {list(domains)}")
+        sizes[name] = int(value)
+    return sizes

@@ -23,7 +23,9 @@ import numpy as np
 
 from der_ray.data.schema import Example
 from der_ray.evals.stats import bootstrap_ci, paired_bootstrap
+from der_ray.routing.cached import CachedExpert, prefetch
 from der_ray.routing.episode import Episode, RoutingTask
+from der_ray.routing.ktp import expert_call
 
 Policy = Callable[[Episode, np.random.Generator], int]
 
@@ -45,16 +47,37 @@ def greedy_policy(actions: Callable[[list[dict[str, np.ndarray]]], np.ndarray]) 
 
 
 def run_policy(task: RoutingTask, examples: Sequence[Example], policy: Policy, *,
-               seed: int = 0) -> list[dict[str, Any]]:
-    """One episode per example; returns the episodes' summaries in order."""
+               seed: int = 0, batch_size: int = 16) -> list[dict[str, Any]]:
+    """One episode per example; returns the episodes' summaries in order.
+
+    Episodes advance in lockstep: each round every open episode picks its action, the round's
+    expert calls are fetched in batches on all experts at once (``routing.cached.prefetch``, when
+    the callers are ``CachedExpert``s), then the actions are applied and hit the cache. Answers are
+    those of one episode at a time (batched greedy = unbatched), only much faster on a cold cache.
+    """
     rng = np.random.default_rng(seed)
-    out = []
-    for ex in examples:
-        ep = Episode(task, ex)
-        while not ep.done:
-            ep.act(policy(ep, rng))
-        out.append(ep.summary())
-    return out
+    episodes = [Episode(task, ex) for ex in examples]
+    while active := [ep for ep in episodes if not ep.done]:
+        actions = [policy(ep, rng) for ep in active]
+        _prefetch_round(task, active, actions, batch_size)
+        for ep, action in zip(active, actions, strict=True):
+            ep.act(action)
+    return [ep.summary() for ep in episodes]
+
+
+def _prefetch_round(task: RoutingTask, episodes: Sequence[Episode], actions: Sequence[int],
+                    batch_size: int) -> None:
+    work = []
+    for ep, action in zip(episodes, actions, strict=True):
+        if action == task.stop_action or not ep.action_mask()[action]:
+            continue  # STOP calls nothing; a masked action raises in ``act``
+        name = task.names[action]
+        caller = task.callers[name]
+        if isinstance(caller, CachedExpert):
+            fmt = task.pool.expert(name).prompt.format
+            work.append((caller, expert_call(ep.example, fmt, ep.answer, task.router)))
+    if work:
+        prefetch(work, batch_size=batch_size)
 
 
 def best_per_domain(task: RoutingTask, dev: Sequence[Example]) -> dict[str, str]:

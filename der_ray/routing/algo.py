@@ -46,7 +46,7 @@ TIME_THIS_ITER_S = "time_this_iter_s"
 
 def build_ppo_config(env_cls_or_name: type | str, env_config: Mapping[str, Any], train: TrainConfig, *,
                      num_cpus_for_main_process: float | None = None, num_gpus_per_learner: float = 0,
-                     callbacks: Any | None = None) -> PPOConfig:
+                     num_cpus_per_learner: float | None = None, callbacks: Any | None = None) -> PPOConfig:
     """The PPO configuration of the router.
 
     Args:
@@ -56,6 +56,7 @@ def build_ppo_config(env_cls_or_name: type | str, env_config: Mapping[str, Any],
         num_cpus_for_main_process: CPUs of the algorithm's main process (Tune trial); default RLlib's 1.
             Set it with ``num_cpus_per_learner`` below 1 to pack several trials on a small machine.
         num_gpus_per_learner: GPUs of the local learner (0 on CPU-only machines).
+        num_cpus_per_learner: CPUs of the local learner; default RLlib's 1 (see above).
         callbacks: an ``RLlibCallback`` subclass (or a list of them) for custom metrics.
 
     Returns:
@@ -66,7 +67,8 @@ def build_ppo_config(env_cls_or_name: type | str, env_config: Mapping[str, Any],
         .environment(env_cls_or_name, env_config=dict(env_config))
         .env_runners(num_env_runners=train.num_env_runners,
                      num_envs_per_env_runner=train.num_envs_per_env_runner)
-        .learners(num_learners=0, num_gpus_per_learner=num_gpus_per_learner)
+        .learners(num_learners=0, num_gpus_per_learner=num_gpus_per_learner,
+                  num_cpus_per_learner=_given(num_cpus_per_learner))
         .resources(num_cpus_for_main_process=_given(num_cpus_for_main_process))
         .training(lr=train.lr, gamma=train.gamma, clip_param=train.clip, entropy_coeff=train.entropy_coeff,
                   vf_loss_coeff=train.vf_loss_coeff, train_batch_size_per_learner=train.train_batch_size,

@@ -1,5 +1,5 @@
 """Pure post-processing of a λ sweep: grid validation, per-λ aggregation, Pareto front, monotonicity,
-calibration to a cost budget, and the Pareto plot.
+calibration to a budget (mean cost or share of calls to one expert), and the Pareto plot.
 
 A *trial* is a mapping with at least ``cost_coef`` (λ), ``seed``, ``quality`` (mean score on the
 held-out rows, in [0, 1]) and ``cost`` (mean parameters used per question, billions); calibration also
@@ -121,27 +121,60 @@ def monotonicity_violations(points: Sequence[Mapping[str, Any]], *,
     return out
 
 
-def calibrate(trials: Sequence[Mapping[str, Any]], target_cost: float) -> dict[str, Any]:
-    """The trial with the highest quality among those with ``cost <= target_cost`` (ties: cheaper, then
-    smaller λ).
+def trial_share(trial: Mapping[str, Any], expert: str) -> float:
+    """Share of a trial's expert calls that went to ``expert``: held-out usage when evaluated, else the
+    final training metric (``nan`` when neither is known)."""
+    for usage in ((trial.get("heldout") or {}).get("shares"), (trial.get("train") or {}).get("shares")):
+        if isinstance(usage, Mapping) and usage.get(expert) is not None:
+            return float(usage[expert])
+    return math.nan
+
+
+def calibrate(trials: Sequence[Mapping[str, Any]], target_cost: float | None = None, *,
+              target_share: float | None = None, expert: str | None = None) -> dict[str, Any]:
+    """The trial with the highest quality within the budget (ties: cheaper, then smaller λ).
+
+    The budget is a mean cost (``target_cost``, parameters per question) or, as RouteLLM users
+    calibrate, a share of calls to one expert (``target_share`` of ``expert``'s calls, usually the
+    largest expert); both may be given.
 
     Raises:
-        ConfigError: no finished trial, or none within the budget (the message names the cheapest).
+        ConfigError: no budget, a bad one, no finished trial, or none within the budget (the message
+            names the cheapest trial).
     """
-    if not math.isfinite(target_cost) or target_cost < 0:
+    if target_cost is None and target_share is None:
+        raise ConfigError("calibration needs --target-cost or --target-share")
+    if target_cost is not None and (not math.isfinite(target_cost) or target_cost < 0):
         raise ConfigError(f"--target-cost must be a finite number >= 0, got {target_cost}")
+    if target_share is not None and (not 0 <= target_share <= 1 or not expert):
+        raise ConfigError(f"--target-share must be in [0, 1] and name an expert, got {target_share} of "
+                          f"{expert!r}")
     done = [t for t in trials if t.get("quality") is not None and t.get("cost") is not None
             and math.isfinite(float(t["quality"])) and math.isfinite(float(t["cost"]))]
     if not done:
         raise ConfigError("calibration: no trial finished with a quality and a cost")
-    fits = [t for t in done if float(t["cost"]) <= target_cost + COST_TOL]
-    if not fits:
+
+    def fits(t: Mapping[str, Any]) -> bool:
+        if target_cost is not None and float(t["cost"]) > target_cost + COST_TOL:
+            return False
+        return target_share is None or trial_share(t, str(expert)) <= target_share + COST_TOL  # nan: no
+
+    within = [t for t in done if fits(t)]
+    if not within:
         cheapest = min(done, key=lambda t: float(t["cost"]))
+        budget = " and ".join(b for b in (
+            f"--target-cost {target_cost:g}" if target_cost is not None else "",
+            f"--target-share {target_share:g} of {expert}" if target_share is not None else "") if b)
+        share = ""
+        if target_share is not None:
+            value = trial_share(cheapest, str(expert))
+            share = (f", {value:.2f} of its calls to {expert}" if math.isfinite(value)
+                     else f", no recorded calls to {expert} (is it in the pool?)")
         raise ConfigError(
-            f"calibration: no trial fits --target-cost {target_cost:g}; the cheapest trial (λ="
-            f"{cheapest['cost_coef']:g}, seed {cheapest.get('seed')}) costs {float(cheapest['cost']):.4g}. "
+            f"calibration: no trial fits {budget}; the cheapest trial (λ={cheapest['cost_coef']:g}, seed "
+            f"{cheapest.get('seed')}) costs {float(cheapest['cost']):.4g}{share}. "
             "Raise the budget or add larger λ values to the grid.")
-    best = max(fits, key=lambda t: (float(t["quality"]), -float(t["cost"]), -float(t["cost_coef"])))
+    best = max(within, key=lambda t: (float(t["quality"]), -float(t["cost"]), -float(t["cost_coef"])))
     return dict(best)
 
 

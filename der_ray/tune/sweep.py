@@ -213,20 +213,25 @@ def write_outputs(out_dir: str | Path, trials: Sequence[Mapping[str, Any]], *,
     return report
 
 
-def write_calibrated(out_dir: str | Path, trials: Sequence[Mapping[str, Any]], target_cost: float, *,
-                     pool: PoolConfig | None = None,
+def write_calibrated(out_dir: str | Path, trials: Sequence[Mapping[str, Any]],
+                     target_cost: float | None = None, *, target_share: float | None = None,
+                     expert: str | None = None, pool: PoolConfig | None = None,
                      router: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Pick the best trial within ``target_cost`` and write it as ``router_calibrated.json``.
+    """Pick the best trial within the budget (see :func:`pareto.calibrate`) and write it as
+    ``router_calibrated.json`` (the router config the Serve app deploys).
 
     Raises:
         ConfigError: no trial fits the budget (nothing is written).
     """
-    best = pareto.calibrate(trials, target_cost)
+    best = pareto.calibrate(trials, target_cost, target_share=target_share, expert=expert)
     router_dict = copy.deepcopy(dict(router)) if router is not None else None
     if router_dict is not None:
         router_dict["reward"] = {**dict(router_dict.get("reward") or {}), "cost_coef": best["cost_coef"]}
     expected = {"quality": best["quality"], "cost": best["cost"], "source": best.get("source")}
-    doc = {"target_cost": target_cost, "cost_coef": best["cost_coef"], "seed": best.get("seed"),
+    if expert:
+        expected["share"] = pareto.trial_share(best, expert)
+    doc = {"target_cost": target_cost, "target_share": target_share, "share_expert": expert,
+           "cost_coef": best["cost_coef"], "seed": best.get("seed"),
            "checkpoint": best.get("checkpoint"), "expected": expected,
            "router": router_dict, "pool": config_to_dict(pool) if pool is not None else None}
     write_json(Path(out_dir).expanduser().resolve() / CALIBRATED_JSON, _json_safe(doc))

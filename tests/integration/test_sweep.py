@@ -75,3 +75,33 @@ def test_sweep_with_expert_actors(load_job, ray_session, pool_yaml, tmp_path):
     assert [(t["cost_coef"], t["error"], t["source"]) for t in trials] == [
         (0.0, None, "train"), (1.0, None, "train")]
     assert all(t["cost"] > 0 for t in trials)  # training-time metrics when there are no held-out rows
+
+
+def test_failed_trial_is_retried(ray_session, tiny_pool_cfg, tmp_path):
+    """FailureConfig(max_failures=1): a trial that crashes once is restarted and finishes."""
+    from der_ray import data
+    from der_ray.config import RouterConfig, TrainConfig
+    from der_ray.routing.algo import build_ppo_config
+    from der_ray.routing.env import RoutingEnv, build_env_config
+    from der_ray.routing.metrics import RouterMetrics
+    from der_ray.tune import sweep
+
+    marker = tmp_path / "crashed-once"
+
+    class CrashOnce(RouterMetrics):  # local class: pickled by value into the trial
+        def on_train_result(self, *, algorithm, result, **kwargs):
+            if not marker.exists():
+                marker.write_text("x")
+                raise RuntimeError("injected trial failure")
+
+    rows = list(data.iter_examples(data.split_mix(["piqa"], "train", 2, 0)))
+    router = RouterConfig(t_max=2, encoder="hashing")
+    env_config = build_env_config(tiny_pool_cfg, router, rows, experts="local",
+                                  cache=str(tmp_path / "responses"))
+    train = TrainConfig(iterations=2, train_batch_size=16, minibatch_size=16, num_env_runners=0)
+    tuner = sweep.build_tuner(build_ppo_config(RoutingEnv, env_config, train, callbacks=CrashOnce),
+                              grid=[0.0], seeds=[0], storage=tmp_path / "tune", name="retry",
+                              iterations=2, max_failures=1)
+    (result,) = list(tuner.fit())
+    assert marker.exists()  # the failure happened ...
+    assert result.error is None and result.metrics["training_iteration"] == 2  # ... and was retried

@@ -74,6 +74,25 @@ def test_calibrate_picks_best_quality_within_budget():
         pareto.calibrate([{"cost_coef": 0.0, "quality": None, "cost": None}], 1.0)
 
 
+def test_calibrate_to_a_share_of_calls_to_the_largest_expert():
+    # the share comes from the held-out evaluation when there is one, else from training metrics
+    shares = {0.0: 0.9, 0.5: 0.4, 2.0: 0.0}
+    trials = [{**t, "train": {"shares": {"big": 1.0}}, "heldout": {"shares": {"big": shares[t["cost_coef"]]}}}
+              for t in TRIALS]
+    assert pareto.calibrate(trials, target_share=0.5, expert="big")["checkpoint"] == "/ckpt/0.5_0"
+    assert pareto.calibrate(trials, target_share=0.1, expert="big")["cost_coef"] == 2.0
+    # both budgets at once: the cost budget excludes λ=0.5's seeds above 1.1
+    assert pareto.calibrate(trials, 1.1, target_share=0.5, expert="big")["checkpoint"] == "/ckpt/0.5_0"
+    assert pareto.trial_share({"train": {"shares": {"big": 0.3}}}, "big") == 0.3
+    assert math.isnan(pareto.trial_share({}, "big"))
+    with pytest.raises(ConfigError, match="fits --target-share 0.5 of small.*no recorded calls to small"):
+        pareto.calibrate(trials, target_share=0.5, expert="small")  # unknown share never fits
+    with pytest.raises(ConfigError, match="needs --target-cost or --target-share"):
+        pareto.calibrate(trials)
+    with pytest.raises(ConfigError, match="must be in \\[0, 1\\]"):
+        pareto.calibrate(trials, target_share=1.5, expert="big")
+
+
 def test_markdown_and_plot(tmp_path):
     points = pareto.aggregate(TRIALS)
     text = pareto.markdown(points, [])

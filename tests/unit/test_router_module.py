@@ -176,9 +176,11 @@ def test_build_ppo_config_resources_and_callbacks() -> None:
         pass
 
     cfg = build_ppo_config("my_env", {}, TrainConfig(), num_cpus_for_main_process=0.5,
-                           num_gpus_per_learner=1, callbacks=Metrics)
+                           num_gpus_per_learner=1, num_cpus_per_learner=0.5, callbacks=Metrics)
     assert cfg.env == "my_env"
     assert cfg.num_cpus_for_main_process == 0.5 and cfg.num_gpus_per_learner == 1
+    assert cfg.num_cpus_per_learner == 0.5
+    assert build_ppo_config("my_env", {}, TrainConfig()).num_cpus_per_learner != 0.5  # RLlib's default
     assert cfg.callbacks_class is Metrics
 
 

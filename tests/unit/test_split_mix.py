@@ -21,3 +21,24 @@ def test_errors():
         data.split_mix(["gsm9k"], "train", 5)
     with pytest.raises(DatasetError, match="only"):
         data.split_mix(["arc_challenge"], "test", 10_000)
+
+
+def test_domain_sizes_give_subsets_of_larger_slices():
+    sizes = data.domain_sizes(DOMAINS, 10, ["gsm8k=4"])
+    assert sizes == {"triviaqa": 10, "piqa": 10, "gsm8k": 4}
+    small = data.split_mix(DOMAINS, "test", sizes, seed=1)
+    assert [small["domain"].to_pylist().count(d) for d in DOMAINS] == [10, 10, 4]
+    large = set(data.split_mix(DOMAINS, "test", 10, seed=1)["id"].to_pylist())
+    assert set(small["id"].to_pylist()) <= large  # cached answers of the small slice carry over
+
+
+@pytest.mark.parametrize("bad, match", [(["gsm8k"], "DOMAIN=N"), (["gsm8k=x"], "DOMAIN=N"),
+                                        (["mmlu=3"], "not among the domains")])
+def test_domain_size_errors(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        data.domain_sizes(DOMAINS, 10, bad)
+
+
+def test_zero_size_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"per_domain\['gsm8k'\]"):
+        data.split_mix(DOMAINS, "test", {"triviaqa": 1, "piqa": 1, "gsm8k": 0})
