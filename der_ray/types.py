@@ -59,6 +59,23 @@ class StepState:
 
 
 @dataclass(frozen=True)
+class ContinuationDists:
+    """A continuation teacher-forced after its context, in one member's own tokenisation.
+
+    Position ``j`` is the prediction of token ``j`` given the context and tokens ``< j``: the
+    top-k distribution there and the log-probability of the token actually taken. ``byte_ends[j]`` is
+    the continuation's length in UTF-8 bytes up to and including token ``j``; members with different
+    vocabularies meet where these boundaries coincide (fused option likelihood).
+    """
+
+    ids: np.ndarray  # (L,) int64
+    byte_ends: np.ndarray  # (L,) int64
+    target_logprobs: np.ndarray  # (L,) float32
+    top_ids: np.ndarray  # (L, k) int64, per position sorted by descending log-probability
+    top_logprobs: np.ndarray  # (L, k) float32
+
+
+@dataclass(frozen=True)
 class OptionScores:
     """Log-likelihood of each candidate continuation of one context (multiple choice, "cloze")."""
 

@@ -5,7 +5,8 @@
 Test rows come from the "test" part of the seeded split; the main member of every fusion is chosen per
 task on "dev" rows (highest accuracy alone). Members alone decode greedily over their own KV-cache
 session (the step path fusion uses). Writes fusion_eval.{json,md} (95% paired-bootstrap intervals for
-every fused-vs-member difference). Multiple-choice tasks (arc_challenge) are not supported yet.
+every fused-vs-member difference). Multiple choice (arc_challenge) is scored by option likelihood
+under the fused distributions (members alone: their own likelihood over the same candidates).
 """
 
 from __future__ import annotations

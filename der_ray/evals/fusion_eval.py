@@ -16,8 +16,9 @@ prompt format, but chat and completion members must also receive different *mess
 So members are wrapped by ``prompted``: the prompt string is a key into a shared ``PromptBook`` and
 each wrapper opens its session with its own message for that key. Stop strings: a member alone uses
 its own; a fusion uses the union of its members' (e.g. Gemma's ``"\\nQuestion:"``).
-Multiple-choice tasks are not supported yet (generated letters are at chance; option likelihood under
-the fused distribution is future work) and raise ``ConfigError``.
+Multiple choice (ARC-Challenge) is answered by option likelihood, not generated letters (at chance
+for these experts): ``fusion.options.OptionFusion`` scores each option under the fused next-token
+distributions, and "a member alone" is the same scorer with one member.
 Imports: core, data.schema, tasks, scoring, evals.stats, fusion.
 """
 
@@ -36,6 +37,7 @@ from der_ray.errors import ConfigError
 from der_ray.evals.stats import bootstrap_ci, paired_bootstrap
 from der_ray.fusion.decoder import FusionConfig, FusionDecoder, FusionResult
 from der_ray.fusion.members import Member, member_tokenizer
+from der_ray.fusion.options import OptionFusion
 from der_ray.scoring import scorer_for
 from der_ray.tasks import MAX_NEW_TOKENS, generation_message
 from der_ray.types import FinishReason
@@ -165,17 +167,35 @@ class _Systems:
                 self.cache[key] = FusionDecoder(objs, main=main, config=self.config, names=list(names))
         return self.cache[key]
 
+    def options(self, names: tuple[str, ...], main: str) -> OptionFusion:
+        """The multiple-choice scorer of a member set (a fusion reuses the decoder's anchors and rows)."""
+        if len(names) > 1:
+            dec = self.get(names, main)
+            assert isinstance(dec, FusionDecoder)
+            return OptionFusion.from_decoder(dec)
+        by_name = {s.name: s for s in self.specs}
+        return OptionFusion([prompted(by_name[names[0]], self.book)], names=list(names), config=self.config)
+
     def stops(self, names: Sequence[str]) -> tuple[str, ...]:
         by_name = {s.name: s for s in self.specs}
         return tuple(dict.fromkeys(s for n in names for s in by_name[n].stop))
 
 
-def answer_rows(decoder: Decoder, examples: Sequence[Example], *, stop: Sequence[str],
+def answer_rows(systems: _Systems, names: tuple[str, ...], main: str, examples: Sequence[Example], *,
                 limits: dict[str, int]) -> list[dict[str, Any]]:
-    """Greedy answers of ``decoder`` to ``examples`` (prompt = example id), scored."""
+    """Answers of the member set ``names`` (main ``main``) to ``examples``, scored: greedy decoding
+    (prompt = example id), or option likelihood for multiple choice ("tokens" = scored positions,
+    "n_searched" = fused positions)."""
     rows = []
     for ex in examples:
-        r = decoder.generate(ex.id, max_new_tokens=limits[ex.answer_type], stop=stop)
+        if ex.answer_type == MULTIPLE_CHOICE:
+            c = systems.options(names, main).choose(ex.question, ex.choices)
+            rows.append({"id": ex.id, "text": ex.choices[c.index], "score": float(c.index == ex.answer_index),
+                         "tokens": c.n_positions, "latency_s": c.latency_s, "n_changed": 0,
+                         "n_searched": c.n_fused, "degraded": [], "option_scores": list(c.scores)})
+            continue
+        r = systems.get(names, main).generate(ex.id, max_new_tokens=limits[ex.answer_type],
+                                              stop=systems.stops(names))
         rows.append({"id": ex.id, "text": r.text, "score": float(scorer_for(ex).score(r.text, ex)),
                      "tokens": len(r.token_ids), "latency_s": r.latency_s, "n_changed": r.n_changed,
                      "n_searched": r.n_searched, "degraded": list(r.degraded)})
@@ -202,11 +222,10 @@ def evaluate_task(systems: _Systems, test: Sequence[Example], dev: Sequence[Exam
     members: dict[str, dict[str, Any]] = {}
     per_question: dict[str, list[dict[str, Any]]] = {}
     for n in names:
-        dec, stop = systems.get((n,), n), systems.stops([n])
         say(f"member {n}: {len(dev)} dev + {len(test)} test")
-        dev_rows = answer_rows(dec, dev, stop=stop, limits=limits) if dev else []
+        dev_rows = answer_rows(systems, (n,), n, dev, limits=limits) if dev else []
         dev_acc[n] = float(np.mean([r["score"] for r in dev_rows])) if dev_rows else 0.0
-        per_question[n] = answer_rows(dec, test, stop=stop, limits=limits)
+        per_question[n] = answer_rows(systems, (n,), n, test, limits=limits)
         members[n] = _system_summary(per_question[n], seed, dev_accuracy=dev_acc[n], n_dev=len(dev))
     rank = sorted(names, key=lambda n: (-dev_acc[n], names.index(n)))  # stable: ties keep pool order
     combos: dict[str, tuple[str, ...]] = {"all": tuple(names)} if len(names) > 1 else {}
@@ -216,7 +235,7 @@ def evaluate_task(systems: _Systems, test: Sequence[Example], dev: Sequence[Exam
     for label, combo in combos.items():
         main = min(combo, key=rank.index)
         say(f"fusion {label} (main {main}): {len(test)} test")
-        rows = answer_rows(systems.get(combo, main), test, stop=systems.stops(combo), limits=limits)
+        rows = answer_rows(systems, combo, main, test, limits=limits)
         per_question[f"fused:{label}"] = rows
         scores = [r["score"] for r in rows]
         vs = {n: vars(paired_bootstrap(scores, [r["score"] for r in per_question[n]], seed=seed))
@@ -235,14 +254,10 @@ def evaluate_fusion(specs: Sequence[MemberSpec], tasks: dict[str, tuple[list[Exa
     """All tasks (``{task: (test, dev)}``); returns ``{"tasks": {task: ...}, "members": [...], ...}``.
 
     Raises:
-        ConfigError: fewer than two members, or a multiple-choice task (not supported yet).
+        ConfigError: fewer than two members.
     """
     if len(specs) < 2:
         raise ConfigError(f"fusion needs at least two members, got {[s.name for s in specs]}")
-    for task, (test, dev) in tasks.items():
-        if any(ex.answer_type == MULTIPLE_CHOICE for ex in [*test, *dev]):
-            raise ConfigError(f"task {task!r} is multiple choice; fused option likelihood is not "
-                              "implemented yet (generated letters are at chance for these experts)")
     limits = {**MAX_NEW_TOKENS, **(max_new_tokens or {})}
     book = PromptBook({ex.id: ex for test, dev in tasks.values() for ex in [*test, *dev]})
     systems = _Systems(specs, book, config)

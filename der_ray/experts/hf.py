@@ -27,7 +27,7 @@ from der_ray.errors import InvalidRequestError
 from der_ray.experts.loading import load_tokenizer_and_model, pick_device, resolve_source
 from der_ray.experts.prompts import PromptFormatter
 from der_ray.experts.sessions import SessionStore, to_dist
-from der_ray.types import ExpertHealth, Generation, OptionScores, StepState, VocabInfo
+from der_ray.types import ContinuationDists, ExpertHealth, Generation, OptionScores, StepState, VocabInfo
 
 
 class HFExpert:
@@ -48,6 +48,7 @@ class HFExpert:
         self.formatter = PromptFormatter(cfg.prompt, self.tokenizer, cfg.name)
         self.sessions = SessionStore(self.model, self.device, max_sessions=max_sessions)
         self.eos_ids = self._eos_ids()
+        self._scheme: Any = None  # tokenizer surface convention, detected on first use
 
     # ---------------------------------------------------------------- generation
     def generate(self, prompts: Sequence[str], max_new_tokens: int | None = None,
@@ -167,6 +168,63 @@ class HFExpert:
                                         tuple(v / d for v, d in zip(s, div, strict=True))))
             k += len(opts)
         return results
+
+    def continuation_dists(self, contexts: Sequence[str], continuations: Sequence[str], *,
+                           top_k: int = 20, batch_size: int = 8) -> list[ContinuationDists]:
+        """Teacher-force each continuation after its context: per position, the top-k next-token
+        distribution, the log-probability of the continuation's own token and its byte boundary
+        (``ContinuationDists``; what fused option likelihood aligns across vocabularies).
+
+        Tokens are split as in ``score_options`` (merges across the boundary as the model sees them);
+        only the continuation's logits are computed.
+        """
+        import torch
+
+        if len(contexts) != len(continuations) or not contexts:
+            raise InvalidRequestError("contexts and continuations must be non-empty lists of equal length")
+        if not isinstance(top_k, int) or top_k < 1:
+            raise InvalidRequestError(f"top_k must be a positive integer, got {top_k!r}")
+        if any(not c for c in contexts) or any(not c for c in continuations):
+            raise InvalidRequestError("empty context or continuation")
+        pairs = [self._split_continuation(c, t) for c, t in zip(contexts, continuations, strict=True)]
+        out: list[ContinuationDists | None] = [None] * len(pairs)
+        pad = self.tokenizer.pad_token_id
+        order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            seqs = [pairs[i][0] + pairs[i][1] for i in chunk]
+            width = max(map(len, seqs))
+            keep = max(len(pairs[i][1]) for i in chunk) + 1
+            ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
+            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, keep-1, V)
+            for b, i in enumerate(chunk):
+                cont = pairs[i][1]
+                tail = logp[b, keep - 1 - len(cont):]  # (L, V)
+                target = tail.gather(1, torch.tensor(cont, device=self.device)[:, None])[:, 0]
+                vals, top = torch.topk(tail, min(top_k, tail.shape[-1]), dim=-1)
+                out[i] = ContinuationDists(
+                    np.asarray(cont, dtype=np.int64), self._byte_ends(cont, continuations[i]),
+                    target.cpu().numpy().astype(np.float32), top.cpu().numpy().astype(np.int64),
+                    vals.cpu().numpy().astype(np.float32))
+        return [o for o in out if o is not None]
+
+    def _byte_ends(self, cont: list[int], text: str) -> np.ndarray:
+        """UTF-8 bytes of the continuation ``text`` after each of its tokens ``cont``, from the tokens'
+        surface forms (decoding prefixes is unreliable: SentencePiece drops leading spaces, byte pieces
+        split characters). The byte convention is the one anchors use, so vocabularies agree on it.
+        A SentencePiece dummy-prefix space (when the continuation had to be encoded alone) is not
+        part of the text: the excess is taken off the front."""
+        from der_ray.fusion.anchors import detect_scheme, surface_bytes  # tokenizer-level helpers
+
+        if self._scheme is None:
+            self._scheme = detect_scheme(self.vocabulary().tokens)
+        tokens = self.tokenizer.convert_ids_to_tokens(cont)
+        ends = np.cumsum([len(surface_bytes(t, self._scheme)) for t in tokens]).astype(np.int64)
+        excess = int(ends[-1]) - len(text.encode("utf-8")) if len(ends) else 0
+        return np.maximum(ends - max(excess, 0), 0)
 
     def _split_continuation(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         whole = self.tokenizer.encode(context + continuation, add_special_tokens=True)

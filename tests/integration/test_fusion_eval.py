@@ -18,10 +18,14 @@ def _args(pool_yaml: str, tmp_path: Path, tasks: tuple[str, ...] = ("triviaqa", 
 
 
 def test_local_job_writes_members_fusions_and_intervals(load_job, ray_session, pool_yaml, tmp_path):
-    assert load_job("evaluate_fusion").main([*_args(pool_yaml, tmp_path), "--local"]) == 0
+    tasks = ("triviaqa", "nq_open", "arc_challenge")
+    assert load_job("evaluate_fusion").main([*_args(pool_yaml, tmp_path, tasks), "--local"]) == 0
     report = json.loads((tmp_path / "results" / "fusion_eval.json").read_text())
     assert report["members"] == ["tiny-chat", "tiny-base"] and report["mode"] == "local"
-    assert report["wall_s"] > 0 and set(report["tasks"]) == {"triviaqa", "nq_open"}
+    assert report["wall_s"] > 0 and set(report["tasks"]) == set(tasks)
+    arc = report["tasks"]["arc_challenge"]["per_question"]  # option likelihood, fused at shared boundaries
+    assert all(len(r["option_scores"]) >= 3 for rows in arc.values() for r in rows)
+    assert sum(r["n_searched"] for r in arc["fused:all"]) > 0
     for t in report["tasks"].values():
         assert t["n_test"] == 3 and t["n_dev"] == 2 and t["main"] in report["members"]
         assert set(t["members"]) == {"tiny-chat", "tiny-base"}
@@ -44,8 +48,10 @@ def test_actor_job_with_pairs(load_job, ray_session, pool_yaml, tmp_path, tiny_p
     data["experts"].append({**data["experts"][1], "name": "tiny-base-2"})
     path = tmp_path / "pool3.yaml"
     path.write_text(yaml.safe_dump(data))
-    assert load_job("evaluate_fusion").main(_args(str(path), tmp_path, tasks=("triviaqa",))) == 0
+    args = _args(str(path), tmp_path, tasks=("triviaqa", "arc_challenge"))
+    assert load_job("evaluate_fusion").main(args) == 0
     report = json.loads((tmp_path / "results" / "fusion_eval.json").read_text())
+    assert report["tasks"]["arc_challenge"]["fused"]["all"]["n"] == 3
     t = report["tasks"]["triviaqa"]
     assert report["mode"] == "actors" and set(t["fused"]) == {"all"}
     assert set(t["pairs"]) == {"tiny-chat+tiny-base", "tiny-chat+tiny-base-2", "tiny-base+tiny-base-2"}
