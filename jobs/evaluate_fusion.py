@@ -31,6 +31,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="per answer type overrides of der_ray.tasks.MAX_NEW_TOKENS, e.g. numeric=128")
     p.add_argument("--pairs", action=argparse.BooleanOptionalAction, default=True,
                    help="also fuse each pair of members")
+    p.add_argument("--weighting", choices=["uniform", "adapt"], default="uniform",
+                   help="member weights: uniform (DeePEn-Avg) or proportional to dev accuracy (Adapt)")
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.15, help="η of the inverse search")
     p.add_argument("--anchor-dir", help="persisted anchor sets (default <cache root>/anchors)")
@@ -98,7 +100,8 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     specs = [MemberSpec(n, objs[n], pool.expert(n).prompt.format, tuple(pool.expert(n).prompt.stop))
              for n in pool.names]
     summary = evaluate_fusion(specs, tasks, config=config, max_new_tokens=limits, pairs=args.pairs,
-                              seed=args.seed, progress=lambda msg: print(msg, flush=True))
+                              seed=args.seed, weighting=args.weighting,
+                              progress=lambda msg: print(msg, flush=True))
     summary.update({"wall_s": round(time.perf_counter() - t0, 1), "seed": args.seed,
                     "per_task": args.per_task, "dev_per_task": args.dev_per_task,
                     "mode": "local" if args.local else "actors",

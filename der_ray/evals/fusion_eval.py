@@ -5,7 +5,8 @@ JSON-able summary; ``markdown(summary)`` renders it. Per task:
 1. every member alone answers the dev and test rows (``SoloDecoder``: greedy over the member's own
    KV-cache session, the same step API and stop handling as ``FusionDecoder``'s main-only path);
 2. the main member is the member with the highest dev accuracy (ties: pool order); a pair's main is
-   whichever of its two members ranks higher on dev;
+   whichever of its two members ranks higher on dev; weights are uniform (DeePEn-Avg) or, with
+   ``weighting="adapt"``, proportional to the members' dev accuracy (DeePEn-Adapt stand-in);
 3. the fusion of all members (and, with ``pairs``, of each pair) answers the test rows;
 4. accuracy gets a 95% bootstrap interval, every fused-vs-member difference a 95% paired-bootstrap
    interval (same resampled questions).
@@ -24,6 +25,7 @@ Imports: core, data.schema, tasks, scoring, evals.stats, fusion.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +37,7 @@ import numpy as np
 from der_ray.data.schema import MULTIPLE_CHOICE, Example
 from der_ray.errors import ConfigError
 from der_ray.evals.stats import bootstrap_ci, paired_bootstrap
+from der_ray.fusion.aggregate import weights_from_scores
 from der_ray.fusion.decoder import FusionConfig, FusionDecoder, FusionResult
 from der_ray.fusion.members import Member, member_tokenizer
 from der_ray.fusion.options import OptionFusion
@@ -154,23 +157,25 @@ class _Systems:
     specs: Sequence[MemberSpec]
     book: PromptBook
     config: FusionConfig
-    cache: dict[tuple[tuple[str, ...], str], Decoder] = field(default_factory=dict)
+    cache: dict[tuple[tuple[str, ...], str, tuple[float, ...] | None], Decoder] = field(default_factory=dict)
 
-    def get(self, names: tuple[str, ...], main: str) -> Decoder:
-        key = (names, main)
+    def get(self, names: tuple[str, ...], main: str, weights: tuple[float, ...] | None = None) -> Decoder:
+        key = (names, main, weights)
         if key not in self.cache:
             by_name = {s.name: s for s in self.specs}
             objs = [prompted(by_name[n], self.book) for n in names]
             if len(names) == 1:
                 self.cache[key] = SoloDecoder(objs[0], name=names[0], top_k=self.config.top_k)
             else:
-                self.cache[key] = FusionDecoder(objs, main=main, config=self.config, names=list(names))
+                config = dataclasses.replace(self.config, weights=weights)
+                self.cache[key] = FusionDecoder(objs, main=main, config=config, names=list(names))
         return self.cache[key]
 
-    def options(self, names: tuple[str, ...], main: str) -> OptionFusion:
+    def options(self, names: tuple[str, ...], main: str,
+                weights: tuple[float, ...] | None = None) -> OptionFusion:
         """The multiple-choice scorer of a member set (a fusion reuses the decoder's anchors and rows)."""
         if len(names) > 1:
-            dec = self.get(names, main)
+            dec = self.get(names, main, weights)
             assert isinstance(dec, FusionDecoder)
             return OptionFusion.from_decoder(dec)
         by_name = {s.name: s for s in self.specs}
@@ -182,19 +187,19 @@ class _Systems:
 
 
 def answer_rows(systems: _Systems, names: tuple[str, ...], main: str, examples: Sequence[Example], *,
-                limits: dict[str, int]) -> list[dict[str, Any]]:
+                limits: dict[str, int], weights: tuple[float, ...] | None = None) -> list[dict[str, Any]]:
     """Answers of the member set ``names`` (main ``main``) to ``examples``, scored: greedy decoding
     (prompt = example id), or option likelihood for multiple choice ("tokens" = scored positions,
     "n_searched" = fused positions)."""
     rows = []
     for ex in examples:
         if ex.answer_type == MULTIPLE_CHOICE:
-            c = systems.options(names, main).choose(ex.question, ex.choices)
+            c = systems.options(names, main, weights).choose(ex.question, ex.choices)
             rows.append({"id": ex.id, "text": ex.choices[c.index], "score": float(c.index == ex.answer_index),
                          "tokens": c.n_positions, "latency_s": c.latency_s, "n_changed": 0,
                          "n_searched": c.n_fused, "degraded": [], "option_scores": list(c.scores)})
             continue
-        r = systems.get(names, main).generate(ex.id, max_new_tokens=limits[ex.answer_type],
+        r = systems.get(names, main, weights).generate(ex.id, max_new_tokens=limits[ex.answer_type],
                                               stop=systems.stops(names))
         rows.append({"id": ex.id, "text": r.text, "score": float(scorer_for(ex).score(r.text, ex)),
                      "tokens": len(r.token_ids), "latency_s": r.latency_s, "n_changed": r.n_changed,
@@ -213,9 +218,12 @@ def _system_summary(rows: Sequence[dict[str, Any]], seed: int, **extra: Any) -> 
 
 
 def evaluate_task(systems: _Systems, test: Sequence[Example], dev: Sequence[Example], *,
-                  limits: dict[str, int], pairs: bool = True, seed: int = 0,
+                  limits: dict[str, int], pairs: bool = True, seed: int = 0, weighting: str = "uniform",
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """One task: members alone (dev + test), main member by dev accuracy, fusions (test), intervals."""
+    """One task: members alone (dev + test), main member by dev accuracy, fusions (test), intervals.
+
+    ``weighting``: "uniform" (DeePEn-Avg) or "adapt" (weights proportional to the members' dev
+    accuracy on this task, ``aggregate.weights_from_scores``)."""
     say = progress or (lambda _msg: None)
     names = [s.name for s in systems.specs]
     dev_acc: dict[str, float] = {}
@@ -234,13 +242,15 @@ def evaluate_task(systems: _Systems, test: Sequence[Example], dev: Sequence[Exam
     fused: dict[str, dict[str, Any]] = {}
     for label, combo in combos.items():
         main = min(combo, key=rank.index)
-        say(f"fusion {label} (main {main}): {len(test)} test")
-        rows = answer_rows(systems, combo, main, test, limits=limits)
+        weights = weights_from_scores([dev_acc[n] for n in combo]) if weighting == "adapt" else None
+        say(f"fusion {label} (main {main}, weights {weights or 'uniform'}): {len(test)} test")
+        rows = answer_rows(systems, combo, main, test, limits=limits, weights=weights)
         per_question[f"fused:{label}"] = rows
         scores = [r["score"] for r in rows]
         vs = {n: vars(paired_bootstrap(scores, [r["score"] for r in per_question[n]], seed=seed))
               for n in names}
-        fused[label] = _system_summary(rows, seed, members=list(combo), main=main, vs_members=vs)
+        fused[label] = _system_summary(rows, seed, members=list(combo), main=main, vs_members=vs,
+                                       weights=list(weights) if weights else "uniform")
     best = max(names, key=lambda n: members[n]["accuracy"]["mean"])
     return {"main": rank[0], "dev_accuracy": dev_acc, "best_member_test": best, "n_test": len(test),
             "n_dev": len(dev), "members": members,
@@ -250,14 +260,17 @@ def evaluate_task(systems: _Systems, test: Sequence[Example], dev: Sequence[Exam
 
 def evaluate_fusion(specs: Sequence[MemberSpec], tasks: dict[str, tuple[list[Example], list[Example]]], *,
                     config: FusionConfig, max_new_tokens: dict[str, int] | None = None, pairs: bool = True,
-                    seed: int = 0, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    seed: int = 0, weighting: str = "uniform",
+                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """All tasks (``{task: (test, dev)}``); returns ``{"tasks": {task: ...}, "members": [...], ...}``.
 
     Raises:
-        ConfigError: fewer than two members.
+        ConfigError: fewer than two members, or an unknown ``weighting``.
     """
     if len(specs) < 2:
         raise ConfigError(f"fusion needs at least two members, got {[s.name for s in specs]}")
+    if weighting not in ("uniform", "adapt"):
+        raise ConfigError(f"weighting must be uniform or adapt, got {weighting!r}")
     limits = {**MAX_NEW_TOKENS, **(max_new_tokens or {})}
     book = PromptBook({ex.id: ex for test, dev in tasks.values() for ex in [*test, *dev]})
     systems = _Systems(specs, book, config)
@@ -270,10 +283,11 @@ def evaluate_fusion(specs: Sequence[MemberSpec], tasks: dict[str, tuple[list[Exa
             say(f"[{t}] {msg}")
 
         out[task] = evaluate_task(systems, test, dev, limits=limits, pairs=pairs, seed=seed,
-                                  progress=task_say)
+                                  weighting=weighting, progress=task_say)
         out[task]["wall_s"] = round(time.perf_counter() - t0, 1)
     return {"tasks": out, "members": [s.name for s in specs], "max_new_tokens": limits,
             "fusion_config": {k: v for k, v in vars(config).items() if k != "anchor_dir"},
+            "weighting": weighting,
             "member_decoding": "greedy over the member's own KV-cache session (SoloDecoder)"}
 
 

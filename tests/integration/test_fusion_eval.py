@@ -49,8 +49,13 @@ def test_actor_job_with_pairs(load_job, ray_session, pool_yaml, tmp_path, tiny_p
     path = tmp_path / "pool3.yaml"
     path.write_text(yaml.safe_dump(data))
     args = _args(str(path), tmp_path, tasks=("triviaqa", "arc_challenge"))
-    assert load_job("evaluate_fusion").main(args) == 0
+    assert load_job("evaluate_fusion").main([*args, "--weighting", "adapt"]) == 0
     report = json.loads((tmp_path / "results" / "fusion_eval.json").read_text())
+    for t in report["tasks"].values():  # DeePEn-Adapt: weights follow the members' dev accuracy
+        w = t["fused"]["all"]["weights"]
+        acc = [t["dev_accuracy"][n] for n in t["fused"]["all"]["members"]]
+        expect = [a / sum(acc) for a in acc] if any(acc) else [1 / len(acc)] * len(acc)
+        assert w == pytest.approx(expect)
     assert report["tasks"]["arc_challenge"]["fused"]["all"]["n"] == 3
     t = report["tasks"]["triviaqa"]
     assert report["mode"] == "actors" and set(t["fused"]) == {"all"}
