@@ -23,14 +23,16 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pool", "--config", dest="pool", help="expert pool YAML (default: packaged)")
     p.add_argument("--members", nargs="*", help="member names (default: every expert of the pool)")
-    p.add_argument("--tasks", nargs="*", default=["triviaqa", "nq_open", "gsm8k"])
-    p.add_argument("--per-task", type=int, default=50, help="test questions per task")
+    # Defaults fit about an hour on 2 CPU cores (in-process members); GSM8K (256-token chains of
+    # thought, ~1 min per fused question here) and --pairs are flags for bigger machines.
+    p.add_argument("--tasks", nargs="*", default=["triviaqa", "nq_open", "arc_challenge"])
+    p.add_argument("--per-task", type=int, default=200, help="test questions per task")
     p.add_argument("--dev-per-task", type=int, default=20, help="dev questions per task (main member)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", nargs="*", default=[], metavar="TYPE=N",
                    help="per answer type overrides of der_ray.tasks.MAX_NEW_TOKENS, e.g. numeric=128")
-    p.add_argument("--pairs", action=argparse.BooleanOptionalAction, default=True,
-                   help="also fuse each pair of members")
+    p.add_argument("--pairs", action=argparse.BooleanOptionalAction, default=False,
+                   help="also fuse each pair of members (triples the fused decoding time)")
     p.add_argument("--weighting", choices=["uniform", "adapt"], default="uniform",
                    help="member weights: uniform (DeePEn-Avg) or proportional to dev accuracy (Adapt)")
     p.add_argument("--top-k", type=int, default=20)

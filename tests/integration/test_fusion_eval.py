@@ -49,7 +49,7 @@ def test_actor_job_with_pairs(load_job, ray_session, pool_yaml, tmp_path, tiny_p
     path = tmp_path / "pool3.yaml"
     path.write_text(yaml.safe_dump(data))
     args = _args(str(path), tmp_path, tasks=("triviaqa", "arc_challenge"))
-    assert load_job("evaluate_fusion").main([*args, "--weighting", "adapt"]) == 0
+    assert load_job("evaluate_fusion").main([*args, "--weighting", "adapt", "--pairs"]) == 0
     report = json.loads((tmp_path / "results" / "fusion_eval.json").read_text())
     for t in report["tasks"].values():  # DeePEn-Adapt: weights follow the members' dev accuracy
         w = t["fused"]["all"]["weights"]
