@@ -2,11 +2,12 @@
 
     python jobs/evaluate_fusion.py --local --per-task 10 --dev-per-task 5 --tasks triviaqa nq_open
 
-Test rows come from the "test" part of the seeded split; the main member of every fusion is chosen per
-task on "dev" rows (highest accuracy alone). Members alone decode greedily over their own KV-cache
-session (the step path fusion uses). Writes fusion_eval.{json,md} (95% paired-bootstrap intervals for
-every fused-vs-member difference). Multiple choice (arc_challenge) is scored by option likelihood
-under the fused distributions (members alone: their own likelihood over the same candidates).
+Test rows come from the "test" part of a seeded dev/test split (fusion needs no training rows); the
+main member of every fusion is chosen per task on "dev" rows (highest accuracy alone). Members alone
+decode greedily over their own KV-cache session (the step path fusion uses). Writes
+fusion_eval.{json,md} (95% paired-bootstrap intervals for every fused-vs-member difference).
+Multiple choice (arc_challenge) is scored by option likelihood under the fused distributions
+(members alone: their own likelihood over the same candidates).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from der_ray import data
     from der_ray.config import load_pool_config
     from der_ray.errors import ConfigError
-    from der_ray.evals.fusion_eval import MemberSpec, evaluate_fusion, markdown
+    from der_ray.evals.fusion_eval import SPLIT_FRACTIONS, MemberSpec, evaluate_fusion, markdown
     from der_ray.evals.report import write_atomic, write_json
     from der_ray.fusion.decoder import FusionConfig
     from der_ray.paths import cache_dir
@@ -86,8 +87,8 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         raise ConfigError(f"fusion needs at least two members, got {list(pool.names)}")
     config = FusionConfig(top_k=args.top_k, lr=args.lr,
                           anchor_dir=str(Path(args.anchor_dir or cache_dir(pool.cache_dir) / "anchors")))
-    tasks = {t: (list(data.iter_examples(data.split_mix([t], "test", args.per_task, args.seed))),
-                 list(data.iter_examples(data.split_mix([t], "dev", args.dev_per_task, args.seed))))
+    tasks = {t: tuple(list(data.iter_examples(data.split_mix([t], part, n, args.seed, SPLIT_FRACTIONS)))
+                      for part, n in (("test", args.per_task), ("dev", args.dev_per_task)))
              for t in args.tasks}
     if args.local:
         from der_ray.experts.hf import HFExpert

@@ -45,6 +45,10 @@ from der_ray.scoring import scorer_for
 from der_ray.tasks import MAX_NEW_TOKENS, generation_message
 from der_ray.types import FinishReason
 
+SPLIT_FRACTIONS = {"dev": 0.2, "test": 0.8}
+"""Fusion is training-free, so rows are split dev/test only (ARC-Challenge has 299 questions: the
+routing split's 20% test part would hold 54 of them)."""
+
 
 class PromptBook(dict[str, Example]):
     """Prompt keys -> examples; a key not in the book is passed to the member as the message itself."""
