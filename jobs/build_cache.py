@@ -30,7 +30,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="part of the seeded 0.6/0.2/0.2 split: train, dev, test")
     p.add_argument("--seed", type=int, default=0, help="split and sample seed")
     p.add_argument("--depth", type=int, default=1, help="KTP steps after step 0 (0: step-0 answers only)")
-    p.add_argument("--batch-size", type=int, default=16, help="items per expert call")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="items per expert call (a batch of 256-token chains must finish within the timeout)")
     p.add_argument("--cache-dir", help="response cache (default <cache root>/responses)")
     p.add_argument("--report", help="also write the stats as JSON to this path")
     p.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local cluster)")

@@ -47,7 +47,7 @@ def greedy_policy(actions: Callable[[list[dict[str, np.ndarray]]], np.ndarray]) 
 
 
 def run_policy(task: RoutingTask, examples: Sequence[Example], policy: Policy, *,
-               seed: int = 0, batch_size: int = 16) -> list[dict[str, Any]]:
+               seed: int = 0, batch_size: int = 8) -> list[dict[str, Any]]:
     """One episode per example; returns the episodes' summaries in order.
 
     Episodes advance in lockstep: each round every open episode picks its action, the round's
