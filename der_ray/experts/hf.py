@@ -27,6 +27,7 @@ from der_ray.errors import InvalidRequestError
 from der_ray.experts.loading import load_tokenizer_and_model, pick_device, resolve_source
 from der_ray.experts.prompts import PromptFormatter
 from der_ray.experts.sessions import SessionStore, to_dist
+from der_ray.experts.surface import detect_scheme, surface_bytes
 from der_ray.types import ContinuationDists, ExpertHealth, Generation, OptionScores, StepState, VocabInfo
 
 
@@ -217,8 +218,6 @@ class HFExpert:
         split characters). The byte convention is the one anchors use, so vocabularies agree on it.
         A SentencePiece dummy-prefix space (when the continuation had to be encoded alone) is not
         part of the text: the excess is taken off the front."""
-        from der_ray.fusion.anchors import detect_scheme, surface_bytes  # tokenizer-level helpers
-
         if self._scheme is None:
             self._scheme = detect_scheme(self.vocabulary().tokens)
         tokens = self.tokenizer.convert_ids_to_tokens(cont)

@@ -22,61 +22,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from der_ray.errors import VocabAlignmentError
+from der_ray.experts.surface import BYTE_PIECE, Scheme, detect_scheme, surface_bytes
 from der_ray.types import VocabInfo
 
-Scheme = Literal["byte_level", "sentencepiece", "plain"]
 NORMALISER_VERSION = 1
 """Bump when ``surface_bytes`` changes: persisted anchor files of older versions are rebuilt."""
-
-_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-
-
-@lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's printable-character alphabet for the 256 bytes, inverted (char -> byte)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = list(keep), 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(keep, chars, strict=True)}
-
-
-def detect_scheme(tokens: Sequence[str]) -> Scheme:
-    """Which surface convention a vocabulary uses (GaC's prefix count, plus the byte alphabet)."""
-    n_sp = sum(t.startswith("▁") for t in tokens)
-    n_bl = sum(t.startswith("Ġ") for t in tokens)
-    if n_sp > n_bl:
-        return "sentencepiece"
-    alphabet = _byte_decoder()
-    if n_bl > 0 and sum(t in alphabet for t in set(tokens)) >= 200:
-        return "byte_level"
-    return "plain"
-
-
-def surface_bytes(token: str, scheme: Scheme) -> bytes:
-    """The bytes a token stands for under ``scheme`` (see the module docstring)."""
-    if scheme == "sentencepiece":
-        m = _BYTE_PIECE.fullmatch(token)
-        return bytes([int(m.group(1), 16)]) if m else token.replace("▁", " ").encode("utf-8")
-    if scheme == "byte_level":
-        dec = _byte_decoder()
-        if all(c in dec for c in token):
-            return bytes(dec[c] for c in token)
-    return token.encode("utf-8")
 
 
 def normalised_vocab(vocab: VocabInfo, scheme: Scheme | None = None) -> dict[bytes, int]:
@@ -91,7 +49,7 @@ def normalised_vocab(vocab: VocabInfo, scheme: Scheme | None = None) -> dict[byt
         key = surface_bytes(tok, scheme)
         if not key:
             continue
-        is_fb = scheme == "sentencepiece" and _BYTE_PIECE.fullmatch(tok) is not None
+        is_fb = scheme == "sentencepiece" and BYTE_PIECE.fullmatch(tok) is not None
         if key not in out or (fallback[key] and not is_fb):
             out[key], fallback[key] = i, is_fb
     return out
