@@ -78,3 +78,37 @@ class VocabAlignmentError(DerRayError):
 
 class RoutingError(DerRayError):
     """The router cannot produce a route (bad checkpoint, observation mismatch, ...)."""
+
+
+# ------------------------------------------------------------------------------------------ serving
+# Raised by der_ray.serve; the HTTP ingress maps each class to a status code in one table.
+
+
+class RequestValidationError(InvalidRequestError):
+    """An HTTP request the API cannot accept (bad JSON, wrong type, over a limit, unsupported
+    parameter). ``param`` names the offending request field (OpenAI's ``error.param``), ``code`` a
+    stable machine-readable reason."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+class UnknownModelError(RequestValidationError):
+    """The request names a ``model`` that is not served; the message lists the served names."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="model", code="model_not_found")
+
+
+class AuthenticationError(DerRayError):
+    """Missing or wrong bearer API key (only when API keys are configured)."""
+
+    exit_code = 2
+
+
+class DeadlineExceededError(DerRayError, TimeoutError):
+    """A request did not finish within the server's request deadline."""
+
+    exit_code = 4

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -141,8 +141,11 @@ class FusionDecoder:
     # ---------------------------------------------------------------- decoding
     def generate(self, prompt: str, *, max_new_tokens: int = 64, stop: Sequence[str] = (),
                  temperature: float = 0.0, seed: int | None = None,
-                 apply_format: bool = True) -> FusionResult:
+                 apply_format: bool = True, on_text: Callable[[str], None] | None = None) -> FusionResult:
         """Fused decoding of one prompt (each member formats it with its own prompt format).
+
+        ``on_text``, when given, is called after every emitted token with the text decoded so far
+        (streaming; it may still end in part of a stop string, which ``FusionResult.text`` cuts).
 
         Raises:
             InvalidRequestError: bad ``max_new_tokens``, ``temperature`` or an empty stop string.
@@ -157,7 +160,7 @@ class FusionDecoder:
         run = _Run(self, temperature, gen)
         try:
             run.open(prompt, apply_format)
-            return run.decode(max_new_tokens, tuple(stop), t0)
+            return run.decode(max_new_tokens, tuple(stop), t0, on_text)
         finally:
             run.close()
 
@@ -216,7 +219,8 @@ class _Run:
             if self.sids[i] is not None:
                 self.d.members[i].start("close_session", self.sids[i])  # fire and forget
 
-    def decode(self, max_new_tokens: int, stop: tuple[str, ...], t0: float) -> FusionResult:
+    def decode(self, max_new_tokens: int, stop: tuple[str, ...], t0: float,
+               on_text: Callable[[str], None] | None = None) -> FusionResult:
         main = self.d.main
         eos = set(self.d.vocabs[main].eos_ids)
         ids: list[int] = []
@@ -227,7 +231,8 @@ class _Run:
             if token in eos:
                 finish = "stop"
                 break
-            self.detok.push(token)
+            if self.detok.push(token) and on_text is not None:
+                on_text(self.detok.text)
             if any(s in self.detok.text for s in stop):
                 finish = "stop"
                 break
