@@ -100,11 +100,106 @@ def _cmd_assets(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- check-cluster
+
+
+def _add_check_cluster(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "check-cluster",
+        help="validate Ray cluster launcher YAML files offline",
+        description="Check cluster configs against Ray's launcher schema and config validation "
+        "(no credentials, no network). Exit 2 names the offending key.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="e.g. cluster.yaml cluster.local.yaml")
+    p.set_defaults(func=_cmd_check_cluster)
+
+
+def _cmd_check_cluster(args: argparse.Namespace) -> int:
+    from der_ray.cluster import validate_cluster_config
+
+    for path in args.files:
+        try:
+            prepared = validate_cluster_config(path)
+        except ConfigError as e:  # name the file here: the error itself names the key
+            raise ConfigError(f"{path}: {e}") from None
+        types = ", ".join(f"{n} {t.get('resources') or '(detected)'}"
+                          for n, t in prepared["available_node_types"].items())
+        print(f"{path}: ok (provider {prepared['provider']['type']}; head {prepared['head_node_type']}; "
+              f"node types: {types})")
+    return 0
+
+
+# --------------------------------------------------------------------------- submit
+
+
+def _add_submit(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "submit",
+        help="submit a job to a running Ray cluster with der_ray's working-dir excludes",
+        description="`ray job submit` with the runtime_env of der_ray.jobs_submit; waits and exits 0 "
+        "only if the job SUCCEEDED. Example: der-ray submit -- python jobs/main.py --output-dir /abs/out",
+    )
+    p.add_argument("--address", help="job server URL (default $RAY_ADDRESS or http://127.0.0.1:8265)")
+    p.add_argument("--working-dir", default=".", help="uploaded as the job's cwd (default: .)")
+    p.add_argument("--submission-id", help="job id (default: generated)")
+    p.add_argument("--no-wait", action="store_true", help="return after submitting")
+    p.add_argument("--print-runtime-env", action="store_true",
+                   help="only print the runtime_env JSON (for `ray job submit --runtime-env-json`)")
+    p.add_argument("entrypoint", nargs=argparse.REMAINDER, help="-- then the command, e.g. python jobs/x.py")
+    p.set_defaults(func=_cmd_submit)
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    import json
+
+    from der_ray.jobs_submit import submission_runtime_env, submit_job
+
+    if args.print_runtime_env:
+        print(json.dumps(submission_runtime_env(args.working_dir)))
+        return 0
+    entrypoint = args.entrypoint[1:] if args.entrypoint[:1] == ["--"] else args.entrypoint
+    if not entrypoint:
+        raise ConfigError("give the job's command after --, e.g. der-ray submit -- python jobs/main.py")
+    job_id, status = submit_job(entrypoint, address=args.address, working_dir=args.working_dir,
+                                submission_id=args.submission_id, wait=not args.no_wait,
+                                log=lambda text: print(text, end="", flush=True))
+    print(f"job {job_id}: {status}", file=sys.stderr)
+    return 0 if args.no_wait or status == "SUCCEEDED" else 1
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _add_serve(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from der_ray.serve.launch import add_arguments
+
+    p = subparsers.add_parser(
+        "serve",
+        help="serve the routing and fusion graphs behind an OpenAI-compatible HTTP API (Ray Serve)",
+        description="Deploy der_ray on Ray Serve: /v1/chat/completions, /v1/completions, /v1/models, "
+        "/healthz on 127.0.0.1:8000 unless configured. Runs until interrupted (or --detach).",
+    )
+    add_arguments(p)
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from der_ray.serve.launch import run
+
+    with contextlib.ExitStack() as stack:
+        return run(args, stack)
+
+
 # --------------------------------------------------------------------------- entry point
 
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (  # type: ignore[type-arg]
     _add_prepare,
     _add_assets,
+    _add_check_cluster,
+    _add_submit,
+    _add_serve,
 )
 
 

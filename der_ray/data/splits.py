@@ -194,15 +194,19 @@ def split_mix(
 def domain_sizes(domains: Sequence[str], default: int, overrides: Sequence[str] = ()) -> dict[str, int]:
     """Questions per domain: ``default`` for each, except ``DOMAIN=N`` overrides (a jobs' flag).
 
+    Overrides of known datasets that are not selected are ignored, so a job's default
+    ``gsm8k=20`` does not get in the way of ``--domains triviaqa piqa``.
+
     Raises:
-        ConfigError: a malformed override or one naming a domain that is not in ``domains``.
+        ConfigError: a malformed override or one naming no known dataset.
     """
     sizes = dict.fromkeys(domains, default)
     for item in overrides:
         name, sep, value = item.partition("=")
         if not sep or not value.strip().isdigit():
             raise ConfigError(f"domain size must look like DOMAIN=N, got {item!r}")
-        if name not in sizes:
-            raise ConfigError(f"domain size for {name!r}, which is not among the domains {list(domains)}")
-        sizes[name] = int(value)
+        if name not in DATASETS:
+            raise ConfigError(f"domain size for unknown domain {name!r}; valid names: {dataset_names()}")
+        if name in sizes:
+            sizes[name] = int(value)
     return sizes

@@ -32,8 +32,12 @@ def test_domain_sizes_give_subsets_of_larger_slices():
     assert set(small["id"].to_pylist()) <= large  # cached answers of the small slice carry over
 
 
+def test_domain_size_of_an_unselected_domain_is_ignored():
+    assert data.domain_sizes(["triviaqa", "piqa"], 5, ["gsm8k=20"]) == {"triviaqa": 5, "piqa": 5}
+
+
 @pytest.mark.parametrize("bad, match", [(["gsm8k"], "DOMAIN=N"), (["gsm8k=x"], "DOMAIN=N"),
-                                        (["mmlu=3"], "not among the domains")])
+                                        (["gsm9k=3"], "unknown domain 'gsm9k'")])
 def test_domain_size_errors(bad, match):
     with pytest.raises(ConfigError, match=match):
         data.domain_sizes(DOMAINS, 10, bad)
