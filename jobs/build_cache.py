@@ -32,6 +32,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=1, help="KTP steps after step 0 (0: step-0 answers only)")
     p.add_argument("--batch-size", type=int, default=8,
                    help="items per expert call (a batch of 256-token chains must finish within the timeout)")
+    p.add_argument("--call-timeout", type=float, default=3600.0,
+                   help="seconds to wait for one batched expert call (the pool's per-request timeout is "
+                        "sized for single answers; a batch of GSM8K chains on a loaded CPU takes longer)")
     p.add_argument("--cache-dir", help="response cache (default <cache root>/responses)")
     p.add_argument("--report", help="also write the stats as JSON to this path")
     p.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local cluster)")
@@ -83,6 +86,8 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     # actors of the same name (a training job's) are reused and left alone.
     print(f"starting {len(pool_cfg.experts)} expert actors ...", flush=True)
     remotes = ExpertPool(pool_cfg).start()
+    for r in remotes.values():
+        r.timeout_s = args.call_timeout
     fingerprints = {n: r.fingerprint() for n, r in remotes.items()}
     with ResponseCache(root) as cache:
         cached = {n: CachedExpert(n, r, fingerprints[n], cache,
