@@ -81,7 +81,8 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         ckpt = Path(args.checkpoint).expanduser().resolve()
         ckpt = latest_checkpoint(ckpt) or ckpt
         der_actions = Router.from_checkpoint(ckpt, pool, router_cfg, callers).actions
-    systems = evaluate_systems(task, test, dev, der_actions, seed=args.seed)
+    systems = evaluate_systems(task, test, dev, der_actions, seed=args.seed,
+                               progress=lambda msg: print(msg, flush=True))
     summary = summarize_systems(systems, seed=args.seed)
     summary.update({"wall_s": round(time.perf_counter() - t0, 1), "n_test": len(test), "n_dev": len(dev),
                     "domains": args.domains, "checkpoint": args.checkpoint, "seed": args.seed})

@@ -94,14 +94,21 @@ def best_per_domain(task: RoutingTask, dev: Sequence[Example]) -> dict[str, str]
 
 def evaluate_systems(task: RoutingTask, test: Sequence[Example], dev: Sequence[Example],
                      der_actions: Callable[[list[dict[str, np.ndarray]]], np.ndarray] | None = None, *,
-                     seed: int = 0) -> dict[str, list[dict[str, Any]]]:
-    """Per-question summaries of every system (keys: system names)."""
+                     seed: int = 0, progress: Callable[[str], None] | None = None,
+                     ) -> dict[str, list[dict[str, Any]]]:
+    """Per-question summaries of every system (keys: system names); ``progress`` hears each system
+    as it starts (a cold cache makes each one minutes long)."""
+    say = progress or (lambda _msg: None)
     systems: dict[str, list[dict[str, Any]]] = {}
     for i, name in enumerate(task.names):
+        say(f"single:{name} on {len(test)} test questions")
         systems[f"single:{name}"] = run_policy(task, test, fixed_route([i]))
     by_size = sorted(range(task.n_experts), key=lambda i: task.pool.experts[i].params_b)
+    say("chain:all-ktp")
     systems["chain:all-ktp"] = run_policy(task, test, fixed_route(by_size[: task.router.t_max]))
+    say("random")
     systems["random"] = run_policy(task, test, random_policy, seed=seed)
+    say(f"best-per-domain: choosing on {len(dev)} dev questions")
     choice = best_per_domain(task, dev)
     systems["best-per-domain"] = [
         systems[f"single:{choice.get(ex.domain, task.names[0])}"][j] for j, ex in enumerate(test)]
@@ -112,6 +119,7 @@ def evaluate_systems(task: RoutingTask, test: Sequence[Example], dev: Sequence[E
         oracle.append(min((c for c in cands if c["score"] == top), key=lambda c: c["params_b"]))
     systems["oracle"] = oracle
     if der_actions is not None:
+        say("der")
         systems["der"] = run_policy(task, test, greedy_policy(der_actions))
     return systems
 
