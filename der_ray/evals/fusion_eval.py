@@ -162,6 +162,8 @@ class _Systems:
     book: PromptBook
     config: FusionConfig
     cache: dict[tuple[tuple[str, ...], str, tuple[float, ...] | None], Decoder] = field(default_factory=dict)
+    scorers: dict[tuple[tuple[str, ...], str, tuple[float, ...] | None], OptionFusion] = field(
+        default_factory=dict)
 
     def get(self, names: tuple[str, ...], main: str, weights: tuple[float, ...] | None = None) -> Decoder:
         key = (names, main, weights)
@@ -177,13 +179,19 @@ class _Systems:
 
     def options(self, names: tuple[str, ...], main: str,
                 weights: tuple[float, ...] | None = None) -> OptionFusion:
-        """The multiple-choice scorer of a member set (a fusion reuses the decoder's anchors and rows)."""
-        if len(names) > 1:
-            dec = self.get(names, main, weights)
-            assert isinstance(dec, FusionDecoder)
-            return OptionFusion.from_decoder(dec)
-        by_name = {s.name: s for s in self.specs}
-        return OptionFusion([prompted(by_name[names[0]], self.book)], names=list(names), config=self.config)
+        """The multiple-choice scorer of a member set, built once (a fusion reuses the decoder's anchors
+        and rows; a single member keeps one worker thread)."""
+        key = (names, main, weights)
+        if key not in self.scorers:
+            if len(names) > 1:
+                dec = self.get(names, main, weights)
+                assert isinstance(dec, FusionDecoder)
+                self.scorers[key] = OptionFusion.from_decoder(dec)
+            else:
+                by_name = {s.name: s for s in self.specs}
+                self.scorers[key] = OptionFusion([prompted(by_name[names[0]], self.book)], names=list(names),
+                                                 config=self.config)
+        return self.scorers[key]
 
     def stops(self, names: Sequence[str]) -> tuple[str, ...]:
         by_name = {s.name: s for s in self.specs}

@@ -8,6 +8,8 @@ Imports: core, data, routing.{episode,encoder,policy_io}.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,8 @@ class RouteResult:
     completion_tokens: int
     score: float | None
     """Quality against the reference when the example has one (evaluation), else None."""
+    decide_s: float = 0.0
+    """Time spent in the policy (all steps), apart from the expert calls."""
 
 
 class Router:
@@ -42,6 +46,7 @@ class Router:
                  callers: Mapping[str, Any]) -> None:
         self.module = module
         self.task = RoutingTask(pool, router, callers, StateEncoder(router.encoder))
+        self._lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, pool: PoolConfig, router: RouterConfig,
@@ -63,11 +68,16 @@ class Router:
         if isinstance(example, str):
             example = Example(id="request", domain="request", question=example, reference="")
         ep = Episode(self.task, example, scored=scored)
+        decide_s = 0.0
         while not ep.done:
-            ep.act(int(self.actions([ep.observation()])[0]))
+            t0 = time.perf_counter()
+            with self._lock:  # the encoder's LRU cache and the module are shared by routing threads
+                action = int(self.actions([ep.observation()])[0])
+            decide_s += time.perf_counter() - t0
+            ep.act(action)
         return RouteResult(
             route=tuple(ep.route), answers=tuple(s.text for s in ep.steps), answer=ep.answer or "",
             calls=len(ep.steps), params_b=sum(s.params_b for s in ep.steps),
             completion_tokens=sum(s.completion_tokens for s in ep.steps),
-            score=float(ep.score or 0.0) if scored else None,
+            score=float(ep.score or 0.0) if scored else None, decide_s=decide_s,
         )

@@ -3,15 +3,15 @@
 The routing logic is ``der_ray.routing``'s: the same ``RoutingTask``/``Episode`` transitions as
 training (step 0 sends the question, later steps the Knowledge Transfer Prompt with the previous
 answer), greedy masked actions from the checkpoint's module (``Router``). This deployment only
-supplies callers that reach the experts through ``DeploymentHandle``s and runs episodes on worker
-threads (``Episode`` is synchronous; a blocking ``.result()`` is allowed off the event loop). The
-policy step (observation encoding + forward) runs under a lock, because the encoder's LRU cache and
-the module are shared by the threads; its time is the router overhead reported per request.
+supplies callers that reach the experts through ``DeploymentHandle``s and runs ``Router.route`` on
+worker threads (``Episode`` is synchronous; a blocking ``.result()`` is allowed off the event loop).
+``Router`` locks its policy step (observation encoding + forward) and times it: that time is the
+router overhead reported per request.
 A request's ``max_tokens`` caps every hop's budget (the router config sets each hop's budget per
 answer type); hops are greedy as in training, so ``temperature``, ``top_p``, ``seed`` and ``stop``
 do not apply to this graph. Streaming: the final hop is known only once the policy chooses STOP
 after it, so the route runs to the end and the final answer is then sent in chunks.
-Imports: core, routing.{router,episode,training}, serve.{experts,protocol,errors}, ray.serve.
+Imports: core, routing.{router,encoder,training}, serve.{experts,protocol,errors}, ray.serve.
 """
 
 from __future__ import annotations
@@ -126,42 +126,29 @@ class RouterDeployment:
         check_checkpoint(self.router.module, ckpt, len(pool.names), router)
         self.pool = pool
         self.checkpoint = str(ckpt)
-        self._policy_lock = threading.Lock()
         self._workers = ThreadPoolExecutor(max_workers, thread_name_prefix="route")
 
     def _route(self, req: GenerationRequest) -> Completion:
-        from der_ray.data.schema import Example
-        from der_ray.routing.episode import Episode
-
         trace = self._traces.current = _Trace(req.max_tokens)
         t0 = time.perf_counter()
-        decide_s = 0.0
         try:
-            # Router.route's loop, with the policy step locked and timed (see module docstring).
-            ep = Episode(self.router.task, Example(id=req.request_id, domain="request", question=req.prompt,
-                                                   reference=""), scored=False)
-            while not ep.done:
-                d0 = time.perf_counter()
-                with self._policy_lock:
-                    action = int(self.router.actions([ep.observation()])[0])
-                decide_s += time.perf_counter() - d0
-                ep.act(action)
+            result = self.router.route(req.prompt)
         finally:
             del self._traces.current
         total_s = time.perf_counter() - t0
         gens = [g for _, g, _ in trace.hops if g is not None]
         last = gens[-1] if gens else None
-        route = ep.route
-        params_b = round(sum(self.pool.expert(n).params_b for n in route), 6)
+        route = list(result.route)
+        params_b = round(result.params_b, 6)
         meta = {
             "graph": "router", "route": route, "experts_per_step": [[n] for n in route],
             "cost": {"calls": len(route), "params_b": params_b,
                      "completion_tokens": sum(g.completion_tokens for g in gens)},
-            "timings_ms": {"router": decide_s * 1e3, "experts": sum(w for *_, w in trace.hops) * 1e3,
+            "timings_ms": {"router": result.decide_s * 1e3, "experts": sum(w for *_, w in trace.hops) * 1e3,
                            "total": total_s * 1e3},
             "checkpoint": Path(self.checkpoint).name,
         }
-        return Completion(ep.answer or "", last.finish_reason if last else "stop",
+        return Completion(result.answer, last.finish_reason if last else "stop",
                           sum(g.prompt_tokens for g in gens), sum(g.completion_tokens for g in gens), meta)
 
     async def complete(self, req: GenerationRequest) -> Completion:
