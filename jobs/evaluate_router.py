@@ -18,7 +18,7 @@ from pathlib import Path
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="training storage dir (uses LATEST) or a checkpoint dir")
+    p.add_argument("--checkpoint", help="training storage dir (uses BEST, else LATEST) or a checkpoint dir")
     p.add_argument("--pool", "--config", dest="pool", help="expert pool YAML (default: packaged)")
     p.add_argument("--experts", nargs="*")
     p.add_argument("--domains", nargs="*", default=["triviaqa", "gsm8k", "piqa", "nq_open"])
@@ -55,7 +55,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from der_ray.routing.env import make_callers, responses_dir
     from der_ray.routing.episode import RoutingTask
     from der_ray.routing.router import Router
-    from der_ray.routing.training import latest_checkpoint
+    from der_ray.routing.training import policy_checkpoint
     from der_ray.runtime import connect_ray, set_threads, setup_logging
 
     setup_logging()
@@ -76,16 +76,16 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         stack.enter_context(ExpertPool(pool))  # handles held for the whole job
     callers = make_callers(pool, "local" if args.local else "actors", responses_dir(args.cache_dir))
     task = RoutingTask(pool, router_cfg, callers, StateEncoder(router_cfg.encoder))
-    der_actions = None
+    der_actions, ckpt = None, None
     if args.checkpoint:
         ckpt = Path(args.checkpoint).expanduser().resolve()
-        ckpt = latest_checkpoint(ckpt) or ckpt
+        ckpt = policy_checkpoint(ckpt) or ckpt
         der_actions = Router.from_checkpoint(ckpt, pool, router_cfg, callers).actions
     systems = evaluate_systems(task, test, dev, der_actions, seed=args.seed,
                                progress=lambda msg: print(msg, flush=True))
     summary = summarize_systems(systems, seed=args.seed)
     summary.update({"wall_s": round(time.perf_counter() - t0, 1), "n_test": len(test), "n_dev": len(dev),
-                    "domains": args.domains, "checkpoint": args.checkpoint, "seed": args.seed})
+                    "domains": args.domains, "checkpoint": ckpt and str(ckpt), "seed": args.seed})
     out = Path(args.output_dir).expanduser().resolve()
     table = markdown(summary)
     write_json(out / "routing_eval.json", {**summary, "per_question": systems})

@@ -41,7 +41,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="routing domains (train/dev/test rows from the same seeded split)")
     p.add_argument("--train-per-domain", type=int, default=10, help="router training questions per domain")
     p.add_argument("--test-per-domain", type=int, default=10, help="held-out questions per domain")
-    p.add_argument("--dev-per-domain", type=int, default=4, help="dev questions (best-per-domain baseline)")
+    p.add_argument("--dev-per-domain", type=int, default=4,
+                   help="dev questions (router checkpoint selection, best-per-domain baseline)")
     p.add_argument("--depth", type=int, default=1, help="KTP steps pre-computed after step 0")
     p.add_argument("--iterations", type=int, default=8, help="PPO iterations")
     p.add_argument("--train-batch-size", type=int, default=128, help="env steps per PPO iteration")
@@ -94,6 +95,7 @@ def stage_plan(args: argparse.Namespace, out: Path) -> list[tuple[str, str | Non
         ("train", "train_router", [*routing, *router, "--per-domain", str(args.train_per_domain),
                                    "--iterations", str(args.iterations),
                                    "--train-batch-size", str(args.train_batch_size),
+                                   "--dev-per-domain", str(args.dev_per_domain), "--dev-domain-size",
                                    "--storage", str(out / "router"), "--no-resume"]),
         ("evaluate", "evaluate_router", [*routing, *router, "--checkpoint", str(out / "router"),
                                          "--per-domain", str(args.test_per_domain),

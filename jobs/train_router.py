@@ -4,8 +4,11 @@
     ray job submit --working-dir . -- python jobs/train_router.py --storage /abs/out/router
 
 Checkpoints land in <storage>/checkpoints/iter_<n> (LATEST names the newest); re-running the same
-command after a kill resumes from LATEST. --local runs the experts in-process and the env in the
-driver (no expert actors, no remote env runners) so that breakpoints work.
+command after a kill resumes from LATEST. Every --select-every iterations the policy is run greedily
+on the dev rows and the best one so far (dev quality - lambda x params) is kept as checkpoints/BEST,
+which evaluate_router and Serve route with; --dev-per-domain 0 turns this off. --local runs the
+experts in-process and the env in the driver (no expert actors, no remote env runners) so that
+breakpoints work.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-domain", type=int, default=30, help="training questions per domain")
     p.add_argument("--domain-size", nargs="*", default=["gsm8k=20"], metavar="DOMAIN=N",
                    help="per-domain exceptions to --per-domain, e.g. gsm8k=20 (long chains of thought)")
+    p.add_argument("--dev-per-domain", type=int, default=20,
+                   help="dev questions per domain for checkpoint selection (0: keep the last iterate)")
+    p.add_argument("--dev-domain-size", nargs="*", default=["gsm8k=6"], metavar="DOMAIN=N")
+    p.add_argument("--select-every", type=int, default=5, help="iterations between dev selections")
     p.add_argument("--seed", type=int, default=0, help="data split and PPO seed")
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--train-batch-size", type=int, default=512)
@@ -86,6 +93,20 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         # Keep the pool (its handles) for the whole job: a non-detached actor dies with its last handle.
         stack.enter_context(ExpertPool(pool))
     storage = Path(args.storage).expanduser().resolve()
+    select = None
+    if args.dev_per_domain > 0:
+        from der_ray.evals.routing_eval import dev_selector
+        from der_ray.routing.encoder import StateEncoder
+        from der_ray.routing.env import make_callers
+        from der_ray.routing.episode import RoutingTask
+
+        dev_rows = list(data.iter_examples(data.split_mix(
+            args.domains, "dev", data.domain_sizes(args.domains, args.dev_per_domain, args.dev_domain_size),
+            args.seed)))
+        callers = make_callers(pool, "local" if args.local else "actors",
+                               None if args.no_cache else responses_dir(args.cache_dir))
+        task = RoutingTask(pool, router, callers, StateEncoder(router.encoder))
+        select = dev_selector(task, dev_rows, args.cost_coef, progress=lambda msg: print(msg, flush=True))
 
     def report(it: int, result: dict) -> None:
         def m(name: str) -> float:
@@ -97,8 +118,11 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
               f"LLM calls/episode {m(prefixed(LLM_CALLS)):.2f}", flush=True)
 
     outcome = train_router(build_ppo_config(RoutingEnv, env_config, train, callbacks=RouterMetrics),
-                           train, storage, resume=not args.no_resume, on_result=report)
+                           train, storage, resume=not args.no_resume, on_result=report,
+                           select=select, select_every=args.select_every)
     print(f"checkpoint: {outcome.checkpoint} (iterations {outcome.resumed_from} -> {outcome.iterations})")
+    if outcome.best is not None:
+        print(f"best on dev: {outcome.best} (objective {outcome.best_score:.4f})")
     return 0
 
 

@@ -17,6 +17,8 @@ and generated tokens. Imports: core, data, routing, evals.stats.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,6 +80,29 @@ def _prefetch_round(task: RoutingTask, episodes: Sequence[Episode], actions: Seq
             work.append((caller, expert_call(ep.example, fmt, ep.answer, task.router)))
     if work:
         prefetch(work, batch_size=batch_size)
+
+
+def dev_selector(task: RoutingTask, dev: Sequence[Example], cost_coef: float, *,
+                 progress: Callable[[str], None] | None = None) -> Callable[[Path], float]:
+    """Score a training checkpoint by its greedy dev quality minus ``cost_coef`` x mean parameters (B).
+
+    This is the reward's quality/cost trade-off measured on the final answers, which is what
+    ``routing.training.train_router`` keeps as BEST; the dev rows are the ones the per-domain
+    baseline is chosen on, never test rows.
+    """
+    from der_ray.routing.policy_io import greedy_batch, load_module
+
+    def score(checkpoint: Path) -> float:
+        runs = run_policy(task, dev, greedy_policy(partial(greedy_batch, load_module(checkpoint))))
+        quality = float(np.mean([r["score"] for r in runs]))
+        params_b = float(np.mean([r["params_b"] for r in runs]))
+        objective = quality - cost_coef * params_b
+        if progress is not None:
+            progress(f"dev {Path(checkpoint).name}: quality {quality:.3f}  params_b {params_b:.3f}  "
+                     f"objective {objective:.4f}")
+        return objective
+
+    return score
 
 
 def best_per_domain(task: RoutingTask, dev: Sequence[Example]) -> dict[str, str]:

@@ -14,7 +14,7 @@ here as well, so a masked action is never returned even when a logit is so large
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +98,8 @@ def greedy_actions(module: RouterRLModule, obs: Mapping[str, np.ndarray]) -> np.
         logits = out[Columns.ACTION_DIST_INPUTS].float()  # (B, N+1)
         logits = torch.where(torch.from_numpy(allowed), logits, torch.tensor(-torch.inf))
     return logits.argmax(dim=-1).numpy().astype(np.int64)
+
+
+def greedy_batch(module: RouterRLModule, observations: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
+    """``greedy_actions`` over a list of single observations (as ``Episode.observation`` returns them)."""
+    return greedy_actions(module, {k: np.stack([o[k] for o in observations]) for k in (OBS_KEY, MASK_KEY)})

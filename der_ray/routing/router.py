@@ -57,10 +57,9 @@ class Router:
 
     def actions(self, observations: list[dict[str, np.ndarray]]) -> np.ndarray:
         """Greedy masked actions for a batch of observations."""
-        from der_ray.routing.policy_io import greedy_actions
+        from der_ray.routing.policy_io import greedy_batch
 
-        batch = {k: np.stack([o[k] for o in observations]) for k in ("obs", "action_mask")}
-        return greedy_actions(self.module, batch)
+        return greedy_batch(self.module, observations)
 
     def route(self, example: Example | str) -> RouteResult:
         """Route one question (a bare string has no reference, so nothing is scored)."""

@@ -90,7 +90,7 @@ class RouterServeConfig:
     """The routing graph; served as ``der-router`` only when a checkpoint is given."""
 
     checkpoint: str | None = None
-    """Training storage dir (its ``checkpoints/LATEST`` is used) or an algorithm checkpoint dir."""
+    """Training storage dir (its ``checkpoints/BEST``, else ``LATEST``) or an algorithm checkpoint dir."""
     router: RouterConfig = field(default_factory=RouterConfig)
     """Must match the settings the checkpoint was trained with (encoder, t_max, KTP)."""
     deployment: DeploymentConfig = field(default_factory=DeploymentConfig)

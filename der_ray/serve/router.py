@@ -85,11 +85,11 @@ class HandleCaller:
 
 
 def resolve_checkpoint(checkpoint: str) -> Path:
-    """A training storage dir's ``checkpoints/LATEST``, or the checkpoint dir itself."""
-    from der_ray.routing.training import latest_checkpoint
+    """A training storage dir's policy checkpoint (BEST, else LATEST), or the checkpoint dir itself."""
+    from der_ray.routing.training import policy_checkpoint
 
     ckpt = Path(checkpoint).expanduser().resolve()
-    return latest_checkpoint(ckpt) or ckpt
+    return policy_checkpoint(ckpt) or ckpt
 
 
 def check_checkpoint(module: Any, ckpt: Path, n_experts: int, cfg: RouterConfig) -> None:

@@ -14,13 +14,17 @@ def test_train_then_evaluate(load_job, ray_session, pool_yaml, tmp_path):
               "--cache-dir", str(tmp_path / "responses"), "--local"]
     storage = tmp_path / "router"
     assert load_job("train_router").main([*common, "--per-domain", "3", "--iterations", "2",
-                                      "--train-batch-size", "32", "--storage", str(storage)]) == 0
+                                      "--train-batch-size", "32", "--storage", str(storage),
+                                      "--dev-per-domain", "2", "--select-every", "1"]) == 0
     assert (storage / "checkpoints" / "LATEST").is_file()
+    best = json.loads((storage / "checkpoints" / "BEST").read_text())  # selected on the dev rows
+    assert best["iteration"] in (1, 2) and (storage / "checkpoints" / best["name"]).is_dir()
     out = tmp_path / "results"
     assert load_job("evaluate_router").main([*common, "--per-domain", "3", "--dev-per-domain", "2",
                                          "--checkpoint", str(storage), "--output-dir", str(out)]) == 0
     report = json.loads((out / "routing_eval.json").read_text())
     assert report["n_test"] == 6 and "der" in report["systems"] and "oracle" in report["systems"]
+    assert report["checkpoint"] == str(storage / "checkpoints" / best["name"])  # routes with BEST
     assert (out / "routing_eval.png").stat().st_size > 1000
     assert "| der |" in (out / "routing_eval.md").read_text()
 

@@ -16,7 +16,13 @@ from der_ray.errors import ConfigError
 from der_ray.routing.algo import build_ppo_config
 from der_ray.routing.policy_io import load_module
 from der_ray.routing.synthetic import SyntheticRoutingEnv
-from der_ray.routing.training import LATEST, latest_checkpoint, train_router
+from der_ray.routing.training import (
+    LATEST,
+    best_checkpoint,
+    latest_checkpoint,
+    policy_checkpoint,
+    train_router,
+)
 
 pytestmark = pytest.mark.integration
 TRAIN = TrainConfig(iterations=2, train_batch_size=64, minibatch_size=64, num_epochs=2)
@@ -37,12 +43,45 @@ def test_checkpoints_and_resume(ray_session, tmp_path: Path):
         train_router(cfg, TRAIN, "relative/dir")
 
 
+def test_dev_selection_keeps_the_best_checkpoint(ray_session, tmp_path: Path):
+    scores = iter([0.2, 0.5, 0.4, 0.1])  # what the dev rows would say at iterations 1..4
+    seen: list[str] = []
+
+    def select(checkpoint: Path) -> float:
+        load_module(checkpoint)  # a complete checkpoint, written before it is scored
+        seen.append(checkpoint.name)
+        return next(scores)
+
+    four = TrainConfig(iterations=4, train_batch_size=64, minibatch_size=64, num_epochs=1)
+    out = train_router(build_ppo_config(SyntheticRoutingEnv, {}, four), four, tmp_path, checkpoint_every=10,
+                       select=select, select_every=1)
+    assert seen == ["iter_000001", "iter_000002", "iter_000003", "iter_000004"]
+    assert out.best == tmp_path / "checkpoints" / "best_000002" and out.best_score == 0.5
+    assert best_checkpoint(tmp_path) == (out.best, 0.5)
+    assert policy_checkpoint(tmp_path) == out.best  # not LATEST (iter_000004)
+    assert latest_checkpoint(tmp_path) == out.checkpoint and out.checkpoint.name == "iter_000004"
+    load_module(out.best)
+    # Resuming keeps the best score to beat; training again without selection drops BEST.
+    six = TrainConfig(iterations=6, train_batch_size=64, minibatch_size=64, num_epochs=1)
+    more = train_router(build_ppo_config(SyntheticRoutingEnv, {}, six), six, tmp_path,
+                        select=lambda _ckpt: 0.45, select_every=1)
+    assert more.best == out.best and [s["score"] for s in more.selections] == [0.45, 0.45]
+    seven = TrainConfig(iterations=7, train_batch_size=64, minibatch_size=64, num_epochs=1)
+    train_router(build_ppo_config(SyntheticRoutingEnv, {}, seven), seven, tmp_path)
+    assert best_checkpoint(tmp_path) is None and policy_checkpoint(tmp_path) == latest_checkpoint(tmp_path)
+    with pytest.raises(ConfigError, match="select_every"):
+        train_router(build_ppo_config(SyntheticRoutingEnv, {}, four), four, tmp_path, select=select,
+                     select_every=0)
+
+
 def test_a_dangling_pointer_or_temp_dir_is_ignored(tmp_path: Path):
     root = tmp_path / "checkpoints"
     (root / ".tmp_abc").mkdir(parents=True)  # what a kill during save leaves behind
     assert latest_checkpoint(tmp_path) is None
     (root / LATEST).write_text("iter_000009")
     assert latest_checkpoint(tmp_path) is None
+    (root / "BEST").write_text("not json")
+    assert best_checkpoint(tmp_path) is None and policy_checkpoint(tmp_path) is None
 
 
 _KILLED_TRAINER = """
