@@ -28,7 +28,8 @@ def make_parser() -> argparse.ArgumentParser:
     # thought, ~1 min per fused question here) and --pairs are flags for bigger machines.
     p.add_argument("--tasks", nargs="*", default=["triviaqa", "nq_open", "arc_challenge"])
     p.add_argument("--per-task", type=int, default=200, help="test questions per task")
-    p.add_argument("--dev-per-task", type=int, default=20, help="dev questions per task (main member)")
+    p.add_argument("--dev-per-task", type=int, default=40,
+                   help="dev questions per task (main member and η)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", nargs="*", default=[], metavar="TYPE=N",
                    help="per answer type overrides of der_ray.tasks.MAX_NEW_TOKENS, e.g. numeric=128")
@@ -37,7 +38,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--weighting", choices=["uniform", "adapt"], default="uniform",
                    help="member weights: uniform (DeePEn-Avg) or proportional to dev accuracy (Adapt)")
     p.add_argument("--top-k", type=int, default=20)
-    p.add_argument("--lr", type=float, default=0.15, help="η of the inverse search")
+    p.add_argument("--lr", type=float, default=0.15,
+                   help="η of the inverse search (the official code's; used when --lr-grid is empty)")
+    p.add_argument("--lr-grid", type=float, nargs="*", default=[0.15, 0.3, 0.6, 1.2],
+                   help="η values tried on each task's dev rows; the best one answers the test rows")
     p.add_argument("--anchor-dir", help="persisted anchor sets (default <cache root>/anchors)")
     p.add_argument("--output-dir", default="benchmarks/results")
     p.add_argument("--name", default="fusion_eval", help="output file stem")
@@ -103,7 +107,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     specs = [MemberSpec(n, objs[n], pool.expert(n).prompt.format, tuple(pool.expert(n).prompt.stop))
              for n in pool.names]
     summary = evaluate_fusion(specs, tasks, config=config, max_new_tokens=limits, pairs=args.pairs,
-                              seed=args.seed, weighting=args.weighting,
+                              seed=args.seed, weighting=args.weighting, lr_grid=args.lr_grid,
                               progress=lambda msg: print(msg, flush=True))
     summary.update({"wall_s": round(time.perf_counter() - t0, 1), "seed": args.seed,
                     "per_task": args.per_task, "dev_per_task": args.dev_per_task,

@@ -7,7 +7,10 @@ JSON-able summary; ``markdown(summary)`` renders it. Per task:
 2. the main member is the member with the highest dev accuracy (ties: pool order); a pair's main is
    whichever of its two members ranks higher on dev; weights are uniform (DeePEn-Avg) or, with
    ``weighting="adapt"``, proportional to the members' dev accuracy (DeePEn-Adapt stand-in);
-3. the fusion of all members (and, with ``pairs``, of each pair) answers the test rows;
+3. with an ``lr_grid``, each fusion answers the dev rows at every inverse-search η of the grid and
+   keeps the best (ties: the earlier grid value), as the paper tunes η on dev sets; otherwise η is
+   the config's. The fusion of all members (and, with ``pairs``, of each pair) then answers the
+   test rows at that η;
 4. accuracy gets a 95% bootstrap interval, every fused-vs-member difference a 95% paired-bootstrap
    interval (same resampled questions).
 
@@ -165,7 +168,13 @@ class _Systems:
     scorers: dict[tuple[tuple[str, ...], str, tuple[float, ...] | None], OptionFusion] = field(
         default_factory=dict)
 
-    def get(self, names: tuple[str, ...], main: str, weights: tuple[float, ...] | None = None) -> Decoder:
+    def get(self, names: tuple[str, ...], main: str, weights: tuple[float, ...] | None = None,
+            lr: float | None = None) -> Decoder:
+        """The decoder of a member set; ``lr`` overrides η of a fusion (same anchors and row caches)."""
+        dec = self._decoder(names, main, weights)
+        return dec.with_lr(lr) if lr is not None and isinstance(dec, FusionDecoder) else dec
+
+    def _decoder(self, names: tuple[str, ...], main: str, weights: tuple[float, ...] | None) -> Decoder:
         key = (names, main, weights)
         if key not in self.cache:
             by_name = {s.name: s for s in self.specs}
@@ -184,7 +193,7 @@ class _Systems:
         key = (names, main, weights)
         if key not in self.scorers:
             if len(names) > 1:
-                dec = self.get(names, main, weights)
+                dec = self._decoder(names, main, weights)
                 assert isinstance(dec, FusionDecoder)
                 self.scorers[key] = OptionFusion.from_decoder(dec)
             else:
@@ -199,24 +208,36 @@ class _Systems:
 
 
 def answer_rows(systems: _Systems, names: tuple[str, ...], main: str, examples: Sequence[Example], *,
-                limits: dict[str, int], weights: tuple[float, ...] | None = None) -> list[dict[str, Any]]:
-    """Answers of the member set ``names`` (main ``main``) to ``examples``, scored: greedy decoding
-    (prompt = example id), or option likelihood for multiple choice ("tokens" = scored positions,
-    "n_searched" = fused positions)."""
-    rows = []
+                limits: dict[str, int], weights: tuple[float, ...] | None = None,
+                lr: float | None = None) -> list[dict[str, Any]]:
+    """Answers of the member set ``names`` (main ``main``, η ``lr`` or the config's) to ``examples``."""
+    return answer_rows_by_lr(systems, names, main, examples, [lr], limits=limits, weights=weights)[0]
+
+
+def answer_rows_by_lr(systems: _Systems, names: tuple[str, ...], main: str, examples: Sequence[Example],
+                      lrs: Sequence[float | None], *, limits: dict[str, int],
+                      weights: tuple[float, ...] | None = None) -> list[list[dict[str, Any]]]:
+    """``answer_rows`` at each η of ``lrs`` (None: the config's), scored: greedy decoding (prompt =
+    example id, one decode per η), or option likelihood for multiple choice (the members' forward
+    passes shared by all η; "tokens" = scored positions, "n_searched" = fused positions)."""
+    out: list[list[dict[str, Any]]] = [[] for _ in lrs]
     for ex in examples:
         if ex.answer_type == MULTIPLE_CHOICE:
-            c = systems.options(names, main, weights).choose(ex.question, ex.choices)
-            rows.append({"id": ex.id, "text": ex.choices[c.index], "score": float(c.index == ex.answer_index),
-                         "tokens": c.n_positions, "latency_s": c.latency_s, "n_changed": 0,
-                         "n_searched": c.n_fused, "degraded": [], "option_scores": list(c.scores)})
+            scorer = systems.options(names, main, weights)
+            etas = [scorer.cfg.lr if lr is None else lr for lr in lrs]
+            for rows, c in zip(out, scorer.choose_each(ex.question, ex.choices, etas), strict=True):
+                rows.append({"id": ex.id, "text": ex.choices[c.index],
+                             "score": float(c.index == ex.answer_index), "tokens": c.n_positions,
+                             "latency_s": c.latency_s, "n_changed": 0, "n_searched": c.n_fused,
+                             "degraded": [], "option_scores": list(c.scores)})
             continue
-        r = systems.get(names, main, weights).generate(ex.id, max_new_tokens=limits[ex.answer_type],
-                                              stop=systems.stops(names))
-        rows.append({"id": ex.id, "text": r.text, "score": float(scorer_for(ex).score(r.text, ex)),
-                     "tokens": len(r.token_ids), "latency_s": r.latency_s, "n_changed": r.n_changed,
-                     "n_searched": r.n_searched, "degraded": list(r.degraded)})
-    return rows
+        for rows, lr in zip(out, lrs, strict=True):
+            r = systems.get(names, main, weights, lr).generate(ex.id, max_new_tokens=limits[ex.answer_type],
+                                                               stop=systems.stops(names))
+            rows.append({"id": ex.id, "text": r.text, "score": float(scorer_for(ex).score(r.text, ex)),
+                         "tokens": len(r.token_ids), "latency_s": r.latency_s, "n_changed": r.n_changed,
+                         "n_searched": r.n_searched, "degraded": list(r.degraded)})
+    return out
 
 
 def _system_summary(rows: Sequence[dict[str, Any]], seed: int, **extra: Any) -> dict[str, Any]:
@@ -231,8 +252,10 @@ def _system_summary(rows: Sequence[dict[str, Any]], seed: int, **extra: Any) -> 
 
 def evaluate_task(systems: _Systems, test: Sequence[Example], dev: Sequence[Example], *,
                   limits: dict[str, int], pairs: bool = True, seed: int = 0, weighting: str = "uniform",
+                  lr_grid: Sequence[float] = (),
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """One task: members alone (dev + test), main member by dev accuracy, fusions (test), intervals.
+    """One task: members alone (dev + test), main member by dev accuracy, η by fused dev accuracy
+    (with ``lr_grid``), fusions (test), intervals.
 
     ``weighting``: "uniform" (DeePEn-Avg) or "adapt" (weights proportional to the members' dev
     accuracy on this task, ``aggregate.weights_from_scores``)."""
@@ -255,14 +278,22 @@ def evaluate_task(systems: _Systems, test: Sequence[Example], dev: Sequence[Exam
     for label, combo in combos.items():
         main = min(combo, key=rank.index)
         weights = weights_from_scores([dev_acc[n] for n in combo]) if weighting == "adapt" else None
-        say(f"fusion {label} (main {main}, weights {weights or 'uniform'}): {len(test)} test")
-        rows = answer_rows(systems, combo, main, test, limits=limits, weights=weights)
+        lr, dev_by_lr = systems.config.lr, {}
+        if lr_grid and dev:
+            say(f"fusion {label}: choosing eta among {list(lr_grid)} on {len(dev)} dev")
+            grid = answer_rows_by_lr(systems, combo, main, dev, list(lr_grid), limits=limits, weights=weights)
+            dev_by_lr = {g: float(np.mean([r["score"] for r in rows])) for g, rows in zip(lr_grid, grid,
+                                                                                           strict=True)}
+            lr = max(lr_grid, key=lambda g: (dev_by_lr[g], -list(lr_grid).index(g)))
+        say(f"fusion {label} (main {main}, eta {lr}, weights {weights or 'uniform'}): {len(test)} test")
+        rows = answer_rows(systems, combo, main, test, limits=limits, weights=weights, lr=lr)
         per_question[f"fused:{label}"] = rows
         scores = [r["score"] for r in rows]
         vs = {n: vars(paired_bootstrap(scores, [r["score"] for r in per_question[n]], seed=seed))
               for n in names}
         fused[label] = _system_summary(rows, seed, members=list(combo), main=main, vs_members=vs,
-                                       weights=list(weights) if weights else "uniform")
+                                       weights=list(weights) if weights else "uniform", lr=lr,
+                                       dev_accuracy_by_lr={str(g): a for g, a in dev_by_lr.items()})
     best = max(names, key=lambda n: members[n]["accuracy"]["mean"])
     return {"main": rank[0], "dev_accuracy": dev_acc, "best_member_test": best, "n_test": len(test),
             "n_dev": len(dev), "members": members,
@@ -272,17 +303,19 @@ def evaluate_task(systems: _Systems, test: Sequence[Example], dev: Sequence[Exam
 
 def evaluate_fusion(specs: Sequence[MemberSpec], tasks: dict[str, tuple[list[Example], list[Example]]], *,
                     config: FusionConfig, max_new_tokens: dict[str, int] | None = None, pairs: bool = True,
-                    seed: int = 0, weighting: str = "uniform",
+                    seed: int = 0, weighting: str = "uniform", lr_grid: Sequence[float] = (),
                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """All tasks (``{task: (test, dev)}``); returns ``{"tasks": {task: ...}, "members": [...], ...}``.
 
     Raises:
-        ConfigError: fewer than two members, or an unknown ``weighting``.
+        ConfigError: fewer than two members, an unknown ``weighting``, or a negative η in ``lr_grid``.
     """
     if len(specs) < 2:
         raise ConfigError(f"fusion needs at least two members, got {[s.name for s in specs]}")
     if weighting not in ("uniform", "adapt"):
         raise ConfigError(f"weighting must be uniform or adapt, got {weighting!r}")
+    if any(not g >= 0 for g in lr_grid):
+        raise ConfigError(f"lr_grid values must be >= 0, got {list(lr_grid)}")
     limits = {**MAX_NEW_TOKENS, **(max_new_tokens or {})}
     book = PromptBook({ex.id: ex for test, dev in tasks.values() for ex in [*test, *dev]})
     systems = _Systems(specs, book, config)
@@ -295,11 +328,11 @@ def evaluate_fusion(specs: Sequence[MemberSpec], tasks: dict[str, tuple[list[Exa
             say(f"[{t}] {msg}")
 
         out[task] = evaluate_task(systems, test, dev, limits=limits, pairs=pairs, seed=seed,
-                                  weighting=weighting, progress=task_say)
+                                  weighting=weighting, lr_grid=lr_grid, progress=task_say)
         out[task]["wall_s"] = round(time.perf_counter() - t0, 1)
     return {"tasks": out, "members": [s.name for s in specs], "max_new_tokens": limits,
             "fusion_config": {k: v for k, v in vars(config).items() if k != "anchor_dir"},
-            "weighting": weighting,
+            "weighting": weighting, "lr_grid": list(lr_grid),
             "member_decoding": "greedy over the member's own KV-cache session (SoloDecoder)"}
 
 
@@ -320,8 +353,10 @@ def markdown(summary: dict[str, Any]) -> str:
                        f"{s['ms_per_token']:.0f} | - |")
         fused = {**t["fused"], **t["pairs"]}
         for label, s in fused.items():
-            out.append(f"| fused {label} | {s['main']} | {_pct(s['accuracy'])} | - | "
-                       f"{s['ms_per_token']:.0f} | {s['changed_tokens']}/{s['tokens']} |")
+            by_lr = s.get("dev_accuracy_by_lr") or {}
+            dev_acc = f"{100 * by_lr[str(s['lr'])]:.1f}" if str(s.get("lr")) in by_lr else "-"
+            out.append(f"| fused {label} | {s['main']}, η={s.get('lr')} | {_pct(s['accuracy'])} | "
+                       f"{dev_acc} | {s['ms_per_token']:.0f} | {s['changed_tokens']}/{s['tokens']} |")
         if fused:
             out += ["", "Fused minus member, accuracy points [95% paired bootstrap]:", "",
                     "| fused | " + " | ".join(f"− {n}" for n in names) + " |",

@@ -23,6 +23,8 @@ Imports: core, fusion.*, torch.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -130,6 +132,13 @@ class FusionDecoder:
                            for i, m in enumerate(self.members)]
         self.rows = [RelativeRows(m.embeddings(self.anchors.ids[i]), temperature=self.cfg.temperature,
                                   cache_mb=self.cfg.row_cache_mb) for i, m in enumerate(self.members)]
+
+    def with_lr(self, lr: float) -> FusionDecoder:
+        """The same decoder (members, anchors, relative-row caches) with another inverse-search η,
+        for choosing η on dev rows as the paper does without rebuilding anything."""
+        other = copy.copy(self)
+        other.cfg = dataclasses.replace(self.cfg, lr=lr)
+        return other
 
     def _all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         out = gather(self.members, [m.start(method, *args, **kwargs) for m in self.members])

@@ -86,6 +86,12 @@ class OptionFusion:
 
     def choose(self, question: str, choices: Sequence[str]) -> OptionChoice:
         """Score every option; raises ``InvalidRequestError`` for no or empty options."""
+        return self.choose_each(question, choices, [self.cfg.lr])[0]
+
+    def choose_each(self, question: str, choices: Sequence[str], lrs: Sequence[float]) -> list[OptionChoice]:
+        """``choose`` at each inverse-search η of ``lrs``; the members' forward passes run once."""
+        if not lrs or any(not lr >= 0 for lr in lrs):
+            raise ConfigError(f"inverse-search learning rates must be >= 0, got {list(lrs)}")
         if not choices or any(not c or not c.strip() for c in choices):
             raise InvalidRequestError("multiple choice needs non-empty options")
         if self.cfg.top_k is None:
@@ -98,15 +104,18 @@ class OptionFusion:
         for r in dists:
             if isinstance(r, BaseException):
                 raise r
-        scores, n_pos, n_fused = [], 0, 0
-        for o in range(len(conts)):
-            per_member = [d[o] for d in dists]
-            lps, fused = self._option_logprobs(per_member)
-            scores.append(float(np.mean(lps)))
-            n_pos, n_fused = n_pos + len(lps), n_fused + fused
-        return OptionChoice(int(np.argmax(scores)), tuple(scores), n_pos, n_fused, time.perf_counter() - t0)
+        out = []
+        for lr in lrs:
+            scores, n_pos, n_fused = [], 0, 0
+            for o in range(len(conts)):
+                lps, fused = self._option_logprobs([d[o] for d in dists], lr)
+                scores.append(float(np.mean(lps)))
+                n_pos, n_fused = n_pos + len(lps), n_fused + fused
+            out.append(OptionChoice(int(np.argmax(scores)), tuple(scores), n_pos, n_fused,
+                                    time.perf_counter() - t0))
+        return out
 
-    def _option_logprobs(self, dists: Sequence[ContinuationDists]) -> tuple[list[float], int]:
+    def _option_logprobs(self, dists: Sequence[ContinuationDists], lr: float) -> tuple[list[float], int]:
         main = dists[self.main]
         n_real = len(self.decoder.vocabs[self.main].tokens) if self.decoder else None
         # member -> {byte boundary: position predicted from it}; position 0 starts at boundary 0
@@ -127,7 +136,7 @@ class OptionFusion:
             lp = {int(i): float(v) for i, v in zip(main.top_ids[j], main.top_logprobs[j], strict=True)}
             lp[target] = float(main.target_logprobs[j])
             z = torch.tensor([lp[i] for i in cand], dtype=torch.float64)  # (k',)
-            if others and self.cfg.lr > 1e-6 and self.decoder is not None:
+            if others and lr > 1e-6 and self.decoder is not None:
                 members = [self.main, *others]
                 vectors = [relative_vector(z, rows[self.main](cand))]
                 for i, pos in others.items():
@@ -135,7 +144,7 @@ class OptionFusion:
                     vectors.append(relative_vector(torch.tensor(logprobs), rows[i](ids)))
                 w = np.array([self.weights[i] for i in members])
                 target_vec = aggregate(torch.stack(vectors), list(w / w.sum()))  # (A,)
-                z = inverse_search(z, rows[self.main](cand), target_vec, lr=self.cfg.lr, steps=self.cfg.steps,
+                z = inverse_search(z, rows[self.main](cand), target_vec, lr=lr, steps=self.cfg.steps,
                                    weight_decay=self.cfg.weight_decay, t_max=self.cfg.t_max,
                                    eta_min_ratio=self.cfg.eta_min_ratio).double()
                 fused += 1

@@ -40,6 +40,23 @@ def test_local_job_writes_members_fusions_and_intervals(load_job, ray_session, p
     assert "## triviaqa" in md and "| fused all |" in md and "paired bootstrap" in md
 
 
+def test_eta_is_chosen_on_dev_rows(load_job, ray_session, pool_yaml, tmp_path):
+    tasks = ("triviaqa", "arc_challenge")
+    grid = ["0.15", "0.6", "1.2"]
+    assert load_job("evaluate_fusion").main([*_args(pool_yaml, tmp_path, tasks), "--local",
+                                             "--lr-grid", *grid]) == 0
+    report = json.loads((tmp_path / "results" / "fusion_eval.json").read_text())
+    assert report["lr_grid"] == [float(g) for g in grid]
+    for t in report["tasks"].values():
+        fused = t["fused"]["all"]
+        by_lr = fused["dev_accuracy_by_lr"]
+        assert list(by_lr) == grid and all(0 <= a <= 1 for a in by_lr.values())
+        best = max(by_lr.values())
+        assert fused["lr"] == float(next(g for g in grid if by_lr[g] == best))  # ties: the earlier η
+    assert f"η={report['tasks']['triviaqa']['fused']['all']['lr']}" in (
+        tmp_path / "results" / "fusion_eval.md").read_text()
+
+
 def test_actor_job_with_pairs(load_job, ray_session, pool_yaml, tmp_path, tiny_pool_cfg):
     """Three members (tiny-base twice under another name) through expert actors: pairs are fused."""
     from der_ray.config import config_to_dict

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from der_ray.errors import InvalidRequestError
+from der_ray.errors import ConfigError, InvalidRequestError
 from der_ray.experts.hf import HFExpert
 from der_ray.fusion.decoder import FusionConfig, FusionDecoder
 from der_ray.fusion.options import OptionFusion, continuation
@@ -68,3 +68,20 @@ def test_two_vocabularies_fuse_at_shared_boundaries(chat, base):
     assert again.scores == got.scores and again.index == got.index
     with pytest.raises(InvalidRequestError):
         OptionFusion.from_decoder(dec).choose(QUESTION, ["ok", " "])
+
+
+def test_choose_each_equals_choose_at_every_eta(chat, base):
+    """The dev-set η search scores every η from one set of forward passes; each must equal a
+    decoder built with that η (and η = 0 is the main member alone)."""
+    dec = FusionDecoder([chat, base], config=FusionConfig(lr=0.15))
+    grid = [0.0, 0.15, 1.2]
+    each = OptionFusion.from_decoder(dec).choose_each(QUESTION, CHOICES, grid)
+    for lr, got in zip(grid, each, strict=True):
+        ref = OptionFusion.from_decoder(dec.with_lr(lr)).choose(QUESTION, CHOICES)
+        assert got.scores == pytest.approx(ref.scores, abs=1e-9) and got.index == ref.index
+    alone = OptionFusion([chat], config=FusionConfig()).choose(QUESTION, CHOICES)
+    assert each[0].scores == pytest.approx(alone.scores, abs=1e-9) and each[0].n_fused == 0
+    assert each[2].scores != each[1].scores  # a larger η lets the partner pull further
+    assert dec.with_lr(1.2).rows is dec.rows and dec.cfg.lr == 0.15  # shared caches, original untouched
+    with pytest.raises(ConfigError, match=">= 0"):
+        OptionFusion.from_decoder(dec).choose_each(QUESTION, CHOICES, [0.15, -1.0])
