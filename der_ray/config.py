@@ -305,6 +305,9 @@ class TrainConfig:
         check(0 < self.gamma <= 1, "gamma", "must be in (0, 1]")
         check(0 < self.clip < 1, "clip", "must be in (0, 1)")
         check(self.minibatch_size <= self.train_batch_size, "minibatch_size", "must be <= train_batch_size")
+        check(self.minibatch_size >= 1 and self.num_epochs >= 1, "num_epochs",
+              "num_epochs and minibatch_size must be >= 1")
+        check(self.entropy_coeff >= 0, "entropy_coeff", "must be >= 0")
         check(all(h > 0 for h in self.hidden), "hidden", "sizes must be > 0")
         check(self.num_env_runners >= 0, "num_env_runners", "must be >= 0")
         check(self.num_envs_per_env_runner >= 1, "num_envs_per_env_runner", "must be >= 1")

@@ -18,6 +18,8 @@ import contextlib
 import sys
 from pathlib import Path
 
+from der_ray.config import TrainConfig
+
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,6 +37,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--train-batch-size", type=int, default=512)
     p.add_argument("--cost-coef", type=float, default=0.1, help="lambda of the reward's cost term")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="PPO learning rate")
+    p.add_argument("--num-epochs", type=int, default=TrainConfig.num_epochs,
+                   help="SGD passes over each training batch")
+    p.add_argument("--minibatch-size", type=int, default=TrainConfig.minibatch_size)
+    p.add_argument("--entropy-coeff", type=float, default=TrainConfig.entropy_coeff)
     p.add_argument("--t-max", type=int, default=5)
     p.add_argument("--encoder", choices=["minilm", "hashing"], default="minilm")
     p.add_argument("--num-env-runners", type=int, default=0)
@@ -56,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from der_ray import data
-    from der_ray.config import RewardConfig, RouterConfig, TrainConfig, load_pool_config
+    from der_ray.config import RewardConfig, RouterConfig, load_pool_config
     from der_ray.routing.algo import EPISODE_RETURN_MEAN, build_ppo_config, get_metric
     from der_ray.routing.env import RoutingEnv, build_env_config, responses_dir
     from der_ray.routing.metrics import (
@@ -76,8 +83,9 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     pool = load_pool_config(args.pool).select(args.experts)
     router = RouterConfig(reward=RewardConfig(cost_coef=args.cost_coef), t_max=args.t_max,
                           encoder=args.encoder)
-    train = TrainConfig(iterations=args.iterations, train_batch_size=args.train_batch_size,
-                        minibatch_size=min(128, args.train_batch_size),
+    train = TrainConfig(iterations=args.iterations, train_batch_size=args.train_batch_size, lr=args.lr,
+                        num_epochs=args.num_epochs, entropy_coeff=args.entropy_coeff,
+                        minibatch_size=min(args.minibatch_size, args.train_batch_size),
                         num_env_runners=0 if args.local else args.num_env_runners, seed=args.seed)
     train_rows = list(data.iter_examples(data.split_mix(
         args.domains, "train", data.domain_sizes(args.domains, args.per_domain, args.domain_size),

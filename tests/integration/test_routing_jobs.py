@@ -15,7 +15,8 @@ def test_train_then_evaluate(load_job, ray_session, pool_yaml, tmp_path):
     storage = tmp_path / "router"
     assert load_job("train_router").main([*common, "--per-domain", "3", "--iterations", "2",
                                       "--train-batch-size", "32", "--storage", str(storage),
-                                      "--dev-per-domain", "2", "--select-every", "1"]) == 0
+                                      "--dev-per-domain", "2", "--select-every", "1",
+                                      "--lr", "1e-3", "--num-epochs", "2", "--minibatch-size", "16"]) == 0
     assert (storage / "checkpoints" / "LATEST").is_file()
     best = json.loads((storage / "checkpoints" / "BEST").read_text())  # selected on the dev rows
     assert best["iteration"] in (1, 2) and (storage / "checkpoints" / best["name"]).is_dir()
@@ -35,6 +36,9 @@ def test_bad_input_exits_with_the_error_code(load_job, ray_session, pool_yaml, t
     assert code == 3 and "unknown domain" in capsys.readouterr().err
     code = load_job("evaluate_router").main(["--pool", pool_yaml, "--t-max", "0", "--local"])
     assert code == 2
+    code = load_job("train_router").main(["--pool", pool_yaml, "--num-epochs", "0", "--local",
+                                          "--storage", str(tmp_path / "r")])
+    assert code == 2 and "num_epochs" in capsys.readouterr().err
 
 
 def test_train_with_expert_actors(load_job, ray_session, pool_yaml, tmp_path):

@@ -45,3 +45,16 @@ def test_costs_and_thresholds():
 def test_bad_router_config(data, match):
     with pytest.raises(ConfigError, match=match):
         router_from_dict(data)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"num_epochs": 0}, "num_epochs"),
+    ({"minibatch_size": 0}, "num_epochs and minibatch_size"),
+    ({"entropy_coeff": -0.01}, "entropy_coeff"),
+    ({"lr": 0}, "lr"),
+])
+def test_bad_train_config(kwargs, match):
+    from der_ray.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(**kwargs)
