@@ -40,6 +40,14 @@ def vm_hwm_mb(pid: int | str = "self") -> float:
     raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
+def status_mb(field: str, pid: int | str = "self") -> float:
+    """A ``/proc/<pid>/status`` memory field (e.g. ``RssShmem``) in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} for pid {pid}")
+
+
 def _timed(decoder: Any, prompts: list[str], tokens: int) -> dict[str, Any]:
     decoder.generate(prompts[0], max_new_tokens=4)  # warm-up
     lat, n, changed = 0.0, 0, 0
@@ -122,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         fused = _timed(fusion, prompts, args.tokens)
         fused.update({"setup_s": setup_s, "anchors": len(fusion.anchors.ids[0]), "main": args.members[0]})
         rss = {"driver": vm_hwm_mb(), **{f"actor:{n}": vm_hwm_mb(pid) for n, pid in actor_pids.items()}}
+        shared = {"driver": status_mb("RssShmem")}  # object-store pages, also in the actors' RSS
     finally:
         if args.actors:
             experts.shutdown()
@@ -134,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         "prompts": prompts, "threads": args.threads, "top_k": args.top_k,
         "alone": alone, "alone_subprocess": alone_sub, "fused": fused, "slowest_member": slowest,
         "latency_ratio": fused["ms_per_token"] / alone[slowest]["ms_per_token"],
-        "peak_rss_mb": rss, "fused_peak_rss_mb": fused_rss, "sum_alone_peak_rss_mb": sum_alone,
+        "peak_rss_mb": rss, "shared_rss_mb_at_end": shared, "fused_peak_rss_mb": fused_rss,
+        "sum_alone_peak_rss_mb": sum_alone,
         "memory_ratio": fused_rss / sum_alone, "targets": {"latency_ratio": 1.3, "memory_ratio": 1.2},
         "loadavg_before": load0, "loadavg_after": os.getloadavg(), "cpu_count": os.cpu_count(),
         "wall_s": round(time.perf_counter() - t_start, 1),
@@ -166,7 +176,11 @@ def _markdown(s: dict[str, Any]) -> str:
               for n, a in s["alone_subprocess"].items()]
     lines += [f"| sum of members alone | {s['sum_alone_peak_rss_mb']:.0f} |"]
     lines += [f"| fused setup: {k} | {v:.0f} |" for k, v in s["peak_rss_mb"].items()]
-    lines += [f"| fused setup total | {s['fused_peak_rss_mb']:.0f} |", "",
+    lines += [f"| fused setup total | {s['fused_peak_rss_mb']:.0f} |"]
+    if s["mode"] == "actors":
+        lines.append(f"| of which the driver's object-store pages (shared with the actors, counted twice) | "
+                     f"{s['shared_rss_mb_at_end']['driver']:.0f} |")
+    lines += ["",
               f"**Memory ratio** fused / sum of members: **{s['memory_ratio']:.2f}x** "
               f"(target <= 1.2x: {ok['memory_ratio']}).", "",
               f"Load average {s['loadavg_before'][0]:.2f} -> {s['loadavg_after'][0]:.2f} "

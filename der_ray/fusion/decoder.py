@@ -131,7 +131,8 @@ class FusionDecoder:
         self.tokenizers = [member_tokenizer(m) if i == self.main or not self.same_as_main[i] else None
                            for i, m in enumerate(self.members)]
         self.rows = [RelativeRows(m.embeddings(self.anchors.ids[i]), temperature=self.cfg.temperature,
-                                  cache_mb=self.cfg.row_cache_mb) for i, m in enumerate(self.members)]
+                                  cache_mb=self.cfg.row_cache_mb, own=True)
+                     for i, m in enumerate(self.members)]
 
     def with_lr(self, lr: float) -> FusionDecoder:
         """The same decoder (members, anchors, relative-row caches) with another inverse-search η,

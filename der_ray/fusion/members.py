@@ -6,14 +6,16 @@ kernels) or a ``RemoteExpert`` (anything whose class defines ``submit`` and ``re
 started on every member first and awaited afterwards, so the members compute in parallel; a late
 answer is ``ExpertTimeoutError``). Nothing here imports Ray. ``member_tokenizer`` gives the coordinator a
 tokenizer for the member: the object's own for a local expert, else rebuilt from
-``tokenizer_files()`` (a few MB once per member, no model weights).
+``tokenizer_files()`` (a few MB of files, no model weights; one tokenizer per distinct file set).
 Step API used: ``open_session, append_tokens, replace_tokens, session_token_ids, close_session,
 vocabulary, input_embeddings, tokenizer_files``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -73,22 +75,44 @@ class Member:
     def embeddings(self, ids: Sequence[int]) -> np.ndarray:
         """``(len(ids), d)`` float32 input-embedding rows, fetched in chunks."""
         ids = [int(i) for i in ids]
-        parts = [np.asarray(self.call("input_embeddings", ids[i:i + EMBEDDING_CHUNK]), dtype=np.float32)
-                 for i in range(0, len(ids), EMBEDDING_CHUNK)]
-        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        out: np.ndarray | None = None
+        # Filled chunk by chunk into one array: a list of chunks plus their concatenation would hold
+        # the whole (A, d) matrix twice at the coordinator's peak.
+        for i in range(0, len(ids), EMBEDDING_CHUNK):
+            part = np.asarray(self.call("input_embeddings", ids[i:i + EMBEDDING_CHUNK]), dtype=np.float32)
+            if out is None:
+                out = np.empty((len(ids), part.shape[1]), np.float32)
+            out[i:i + len(part)] = part
+            del part  # releases the object-store buffer before the next chunk arrives
+        return out if out is not None else np.zeros((0, 0), np.float32)
 
 
 def member_tokenizer(member: Member) -> Any:
-    """A tokenizer equivalent to the member's (see the module docstring)."""
+    """A tokenizer equivalent to the member's (see the module docstring).
+
+    Rebuilt tokenizers are shared per content hash of their files: a 152k-entry fast tokenizer takes
+    about 140 MB, and an evaluation builds a decoder per member set over the same few members.
+    """
     if not member.remote and getattr(member.obj, "tokenizer", None) is not None:
         return member.obj.tokenizer
     from transformers import AutoTokenizer
 
     files: dict[str, bytes] = member.call("tokenizer_files")
-    with tempfile.TemporaryDirectory() as d:
-        for name, data in files.items():
-            (Path(d) / name).write_bytes(data)
-        return AutoTokenizer.from_pretrained(d)
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    key = digest.hexdigest()
+    with _TOKENIZERS_LOCK:
+        if key not in _TOKENIZERS:
+            with tempfile.TemporaryDirectory() as d:
+                for name, data in files.items():
+                    (Path(d) / name).write_bytes(data)
+                _TOKENIZERS[key] = AutoTokenizer.from_pretrained(d)
+        return _TOKENIZERS[key]
+
+
+_TOKENIZERS: dict[str, Any] = {}
+_TOKENIZERS_LOCK = threading.Lock()
 
 
 def gather(members: Sequence[Member], pendings: Sequence[Pending | None]) -> list[Any]:

@@ -35,6 +35,11 @@ def unit_rows(emb: torch.Tensor) -> torch.Tensor:
     return F.normalize(emb.float(), dim=-1, eps=1e-12)  # (n, d)
 
 
+def unit_rows_(emb: torch.Tensor) -> torch.Tensor:
+    """``unit_rows`` in place on a float32 tensor (the same values: ``x / max(||x||, eps)``)."""
+    return emb.div_(torch.linalg.vector_norm(emb, dim=-1, keepdim=True).clamp_min(1e-12))
+
+
 def relative_rows(emb: torch.Tensor, anchor_unit: torch.Tensor, *,
                   temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
     """Relative-representation rows of some tokens.
@@ -96,12 +101,16 @@ class RelativeRows:
     """
 
     def __init__(self, anchor_emb: np.ndarray | torch.Tensor, *, temperature: float = DEFAULT_TEMPERATURE,
-                 cache_mb: float = 256.0) -> None:
+                 cache_mb: float = 256.0, own: bool = False) -> None:
+        """``own=True``: the caller hands a writable float32 ``anchor_emb`` over, and it is normalised in
+        place (a 150k-anchor x 896 matrix is 0.5 GB; a normalised copy would double the peak)."""
         anchor = torch.as_tensor(anchor_emb)
         if anchor.ndim != 2 or anchor.shape[0] == 0:
             raise VocabAlignmentError(f"anchor embeddings must be a non-empty (A, d) matrix, got "
                                       f"{tuple(anchor.shape)}")
-        self.anchor_unit = unit_rows(anchor)  # (A, d)
+        inplace = own and anchor.dtype == torch.float32 and not (
+            isinstance(anchor_emb, np.ndarray) and not anchor_emb.flags.writeable)
+        self.anchor_unit = unit_rows_(anchor) if inplace else unit_rows(anchor)  # (A, d)
         self.temperature = temperature
         self.n_anchors = int(anchor.shape[0])
         self.capacity = max(64, int(cache_mb * 2**20 / (4 * self.n_anchors)))

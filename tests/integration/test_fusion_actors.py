@@ -34,3 +34,6 @@ def test_actor_members_match_local_members(pool, tiny_pool_cfg, tmp_path):
     assert s1.token_ids == local.generate("hi", max_new_tokens=8, temperature=1.0, seed=3).token_ids
     base = FusionDecoder([pool["tiny-base"], pool["tiny-chat"]], main="tiny-base", config=cfg)
     assert base.main == 0 and base.generate("What is 2+2?", max_new_tokens=6).token_ids
+    # Decoders over the same actors share the rebuilt tokenizers (one per distinct tokenizer).
+    assert base.tokenizers[0] is remote.tokenizers[1] and base.tokenizers[1] is remote.tokenizers[0]
+    assert remote.tokenizers[0] is not remote.tokenizers[1]

@@ -63,3 +63,19 @@ def test_cache_hits_and_zero_rows():
     assert (rows.hits, rows.misses) == (2, 4)
     zero = relative_rows(torch.zeros(1, 16), unit_rows(emb[:50]))  # padding rows: uniform, not NaN
     assert torch.allclose(zero, torch.full((1, 50), 1 / 50))
+
+
+def test_owned_anchor_matrix_is_normalised_in_place_with_the_same_rows():
+    rng = np.random.default_rng(3)
+    anchors = rng.normal(size=(50, 8)).astype(np.float32)
+    anchors[7] = 0  # a zero row stays zero
+    emb = rng.normal(size=(5, 8)).astype(np.float32)
+    copied = RelativeRows(anchors.copy())
+    owned_array = anchors.copy()
+    owned = RelativeRows(owned_array, own=True)
+    assert np.shares_memory(owned.anchor_unit.numpy(), owned_array)  # no second (A, d) matrix
+    assert torch.equal(owned.anchor_unit, copied.anchor_unit)
+    assert torch.equal(owned.take(range(5), range(5), emb), copied.take(range(5), range(5), emb))
+    read_only = anchors.copy()
+    read_only.flags.writeable = False  # what Ray's object store hands out: copied, never written
+    assert torch.equal(RelativeRows(read_only, own=True).anchor_unit, copied.anchor_unit)
