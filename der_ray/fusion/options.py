@@ -104,15 +104,17 @@ class OptionFusion:
         for r in dists:
             if isinstance(r, BaseException):
                 raise r
+        forward_s = time.perf_counter() - t0
         out = []
         for lr in lrs:
+            t_lr = time.perf_counter()  # each choice's latency: the shared forward passes + its own fusion
             scores, n_pos, n_fused = [], 0, 0
             for o in range(len(conts)):
                 lps, fused = self._option_logprobs([d[o] for d in dists], lr)
                 scores.append(float(np.mean(lps)))
                 n_pos, n_fused = n_pos + len(lps), n_fused + fused
             out.append(OptionChoice(int(np.argmax(scores)), tuple(scores), n_pos, n_fused,
-                                    time.perf_counter() - t0))
+                                    forward_s + time.perf_counter() - t_lr))
         return out
 
     def _option_logprobs(self, dists: Sequence[ContinuationDists], lr: float) -> tuple[list[float], int]:
