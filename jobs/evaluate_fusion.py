@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -91,13 +92,15 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         raise ConfigError(f"fusion needs at least two members, got {list(pool.names)}")
     config = FusionConfig(top_k=args.top_k, lr=args.lr,
                           anchor_dir=str(Path(args.anchor_dir or cache_dir(pool.cache_dir) / "anchors")))
-    tasks = {t: tuple(list(data.iter_examples(data.split_mix([t], part, n, args.seed, SPLIT_FRACTIONS)))
-                      for part, n in (("test", args.per_task), ("dev", args.dev_per_task)))
-             for t in args.tasks}
+
+    def rows(task: str, part: str, n: int) -> list[Any]:
+        return list(data.iter_examples(data.split_mix([task], part, n, args.seed, SPLIT_FRACTIONS)))
+
+    tasks = {t: (rows(t, "test", args.per_task), rows(t, "dev", args.dev_per_task)) for t in args.tasks}
     if args.local:
         from der_ray.experts.hf import HFExpert
 
-        objs = {n: HFExpert(pool.expert(n)) for n in pool.names}
+        objs: dict[str, Any] = {n: HFExpert(pool.expert(n)) for n in pool.names}
     else:
         from der_ray.experts.actors import ExpertPool
 

@@ -29,7 +29,9 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -135,7 +137,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     if test:
         callers = make_callers(pool, mode, responses)
 
-        def evaluate(trial: dict) -> dict:  # type: ignore[type-arg]
+        def evaluate(trial: Mapping[str, Any]) -> dict[str, Any]:
             return sweep.evaluate_checkpoint(trial["checkpoint"], pool, router_dict, callers, test)
 
     scored = sweep.score_trials(trials, evaluate)

@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled \
 
 echo "[test] ruff + mypy"
 "$venv/bin/ruff" check .
-"$venv/bin/mypy" der_ray
+"$venv/bin/mypy" der_ray jobs
 
 # Integration tests use the real SmolLM2 expert; converting it once takes ~20 s (cached afterwards).
 "$venv/bin/der-ray" prepare smollm2-135m-instruct --no-progress
