@@ -17,6 +17,7 @@ and generated tokens. Imports: core, data, routing, evals.stats.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,14 @@ def dev_selector(task: RoutingTask, dev: Sequence[Example], cost_coef: float, *,
     return score
 
 
+def _allowing(task: RoutingTask, calls: int) -> RoutingTask:
+    """``task`` with room for ``calls`` expert calls: the chain baseline is all experts even for a
+    router trained with a smaller call limit (its observation size fixes that limit)."""
+    if task.router.t_max >= calls:
+        return task
+    return RoutingTask(task.pool, replace(task.router, t_max=calls), task.callers, task.encoder)
+
+
 def best_per_domain(task: RoutingTask, dev: Sequence[Example]) -> dict[str, str]:
     """domain -> the expert with the best dev quality (ties: the cheaper one)."""
     singles = {n: run_policy(task, dev, fixed_route([i])) for i, n in enumerate(task.names)}
@@ -130,7 +139,7 @@ def evaluate_systems(task: RoutingTask, test: Sequence[Example], dev: Sequence[E
         systems[f"single:{name}"] = run_policy(task, test, fixed_route([i]))
     by_size = sorted(range(task.n_experts), key=lambda i: task.pool.experts[i].params_b)
     say("chain:all-ktp")
-    systems["chain:all-ktp"] = run_policy(task, test, fixed_route(by_size[: task.router.t_max]))
+    systems["chain:all-ktp"] = run_policy(_allowing(task, task.n_experts), test, fixed_route(by_size))
     say("random")
     systems["random"] = run_policy(task, test, random_policy, seed=seed)
     say(f"best-per-domain: choosing on {len(dev)} dev questions")

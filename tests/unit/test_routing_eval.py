@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -50,3 +52,10 @@ def test_systems_and_invariants(task, tmp_path):
     assert table.count("\n") == len(systems) + 1 and "der" in table
     scatter_png(summary, str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_chain_is_all_experts_whatever_the_call_limit(task):
+    one_call = RoutingTask(task.pool, replace(task.router, t_max=1), task.callers, task.encoder)
+    systems = evaluate_systems(one_call, EXAMPLES[:2], EXAMPLES[:2], lambda obs: np.zeros(len(obs), int))
+    assert all(s["route"] == ["tiny-chat", "tiny-base"] for s in systems["chain:all-ktp"])
+    assert all(s["calls"] == 1 for s in systems["der"] + systems["random"])  # the router's own limit
