@@ -240,3 +240,23 @@ def test_evaluate_greedy_oracle_and_random_module() -> None:
     assert ev["accuracy"] == 1.0 and ev["success"] == 1.0 and ev["return_mean"] == pytest.approx(1.0)
     untrained = evaluate_greedy(functools.partial(greedy_actions, make_module()), {}, episodes=100)
     assert untrained["accuracy"] < 0.7
+
+
+def test_router_names_the_setting_a_checkpoint_was_trained_with(tiny_pool_cfg) -> None:
+    from der_ray.config import RouterConfig
+    from der_ray.routing.encoder import StateEncoder
+    from der_ray.routing.episode import RoutingTask
+    from der_ray.routing.router import Router
+
+    callers = {n: object() for n in tiny_pool_cfg.names}  # never called: construction only
+    cfg = RouterConfig(encoder="hashing", t_max=2)
+    trained = RoutingTask(tiny_pool_cfg, cfg, callers, StateEncoder("hashing"))
+    space = gym.spaces.Dict({"obs": gym.spaces.Box(-np.inf, np.inf, (trained.obs_dim,), np.float32),
+                             "action_mask": gym.spaces.Box(0.0, 1.0, (trained.n_experts + 1,), np.float32)})
+    module = RouterRLModule(observation_space=space, action_space=gym.spaces.Discrete(trained.n_experts + 1),
+                            model_config={"hidden": [8]})
+    Router(module, tiny_pool_cfg, cfg, callers)  # matches
+    with pytest.raises(RoutingError, match="--t-max 2"):
+        Router(module, tiny_pool_cfg, RouterConfig(encoder="hashing", t_max=5), callers)
+    with pytest.raises(RoutingError, match="trained with 2 experts, the pool has 1"):
+        Router(module, tiny_pool_cfg.select(tiny_pool_cfg.names[:1]), cfg, {tiny_pool_cfg.names[0]: object()})
