@@ -30,7 +30,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev-domain-size", nargs="*", default=["gsm8k=6"], metavar="DOMAIN=N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cost-coef", type=float, default=0.1)
-    p.add_argument("--t-max", type=int, default=5)
+    p.add_argument("--t-max", type=int, default=2,
+                   help="most expert calls per question, as in training (2: build_cache's default --depth 1 "
+                   "answers every call; the paper's 5 needs --depth 4 or live calls)")
     p.add_argument("--encoder", choices=["minilm", "hashing"], default="minilm")
     p.add_argument("--cache-dir", help="response cache (default <cache root>/responses)")
     p.add_argument("--output-dir", default="benchmarks/results")
