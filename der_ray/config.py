@@ -240,6 +240,13 @@ class RewardConfig:
         check(0 < self.p0_exact <= 1, "p0_exact", "must be in (0, 1]")
 
 
+JOB_T_MAX = 2
+"""The routing jobs' default call limit: ``build_cache``'s default ``--depth 1`` answers every call PPO
+can make with it, while the paper's 5 needs ``--depth 4`` or live calls (too slow on 2 CPU cores)."""
+T_MAX_HELP = ("most expert calls per question, the same in training, evaluation and Serve (2: build_cache's "
+              "default --depth 1 answers every call; the paper's 5 needs --depth 4 or live calls)")
+
+
 @dataclass(frozen=True)
 class RouterConfig:
     """The DER routing MDP: experts, prompts, limits, reward and observation encoding."""

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from der_ray.config import JOB_T_MAX, T_MAX_HELP
+
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,9 +32,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev-domain-size", nargs="*", default=["gsm8k=6"], metavar="DOMAIN=N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cost-coef", type=float, default=0.1)
-    p.add_argument("--t-max", type=int, default=2,
-                   help="most expert calls per question, as in training (2: build_cache's default --depth 1 "
-                   "answers every call; the paper's 5 needs --depth 4 or live calls)")
+    p.add_argument("--t-max", type=int, default=JOB_T_MAX, help=T_MAX_HELP)
     p.add_argument("--encoder", choices=["minilm", "hashing"], default="minilm")
     p.add_argument("--cache-dir", help="response cache (default <cache root>/responses)")
     p.add_argument("--output-dir", default="benchmarks/results")

@@ -33,6 +33,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from der_ray.config import JOB_T_MAX, T_MAX_HELP
+
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,9 +53,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="*", default=[0], help="PPO seeds per λ")
     p.add_argument("--iterations", type=int, default=30, help="training iterations per trial")
     p.add_argument("--train-batch-size", type=int, default=512)
-    p.add_argument("--t-max", type=int, default=2,
-                   help="most expert calls per question, as in training (2: build_cache's default --depth 1 "
-                   "answers every call; the paper's 5 needs --depth 4 or live calls)")
+    p.add_argument("--t-max", type=int, default=JOB_T_MAX, help=T_MAX_HELP)
     p.add_argument("--encoder", choices=["minilm", "hashing"], default="minilm")
     p.add_argument("--max-concurrent", type=int, default=2, help="trials at once")
     p.add_argument("--cpus-per-trial", type=float, default=0.5, help="CPUs of a trial (main + learner)")

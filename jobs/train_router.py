@@ -18,7 +18,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from der_ray.config import TrainConfig
+from der_ray.config import JOB_T_MAX, T_MAX_HELP, TrainConfig
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -42,9 +42,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="SGD passes over each training batch")
     p.add_argument("--minibatch-size", type=int, default=TrainConfig.minibatch_size)
     p.add_argument("--entropy-coeff", type=float, default=TrainConfig.entropy_coeff)
-    p.add_argument("--t-max", type=int, default=2,
-                   help="most expert calls per question, as in training (2: build_cache's default --depth 1 "
-                   "answers every call; the paper's 5 needs --depth 4 or live calls)")
+    p.add_argument("--t-max", type=int, default=JOB_T_MAX, help=T_MAX_HELP)
     p.add_argument("--encoder", choices=["minilm", "hashing"], default="minilm")
     p.add_argument("--num-env-runners", type=int, default=0)
     p.add_argument("--storage", default="out/router", help="checkpoint directory (made absolute)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,30 @@ from der_ray.data.schema import Example
 from der_ray.errors import RoutingError
 from der_ray.routing.encoder import StateEncoder
 from der_ray.routing.episode import Episode, RoutingTask
+
+
+def check_trained_shape(module: Any, names: Sequence[str], router: RouterConfig) -> None:
+    """Refuse a module trained with another pool size, encoder or ``t_max`` (its observation size
+    fixes all three), naming the setting that differs, instead of failing at the first question.
+
+    Raises:
+        RoutingError: the module's action count or observation size does not match.
+    """
+    from der_ray.routing.module import OBS_KEY
+
+    obs_dim = int(module.observation_space[OBS_KEY].shape[0])
+    n_actions = int(module.action_space.n)
+    if n_actions != len(names) + 1:
+        raise RoutingError(f"the router was trained with {n_actions - 1} experts, the pool has "
+                           f"{len(names)} ({', '.join(names)})")
+    encoder_dim = StateEncoder(router.encoder, max_cached=1).dim
+    want = encoder_dim + len(names) + router.t_max + 1
+    if obs_dim != want:
+        trained_t_max = obs_dim - encoder_dim - len(names) - 1
+        hint = (f"it was trained with t_max={trained_t_max} (pass --t-max {trained_t_max})"
+                if trained_t_max >= 1 else "was it trained with another state encoder?")
+        raise RoutingError(f"the router's observations have {obs_dim} features, this config gives {want} "
+                           f"(t_max={router.t_max}, encoder {router.encoder!r}): {hint}")
 
 
 @dataclass(frozen=True)
@@ -47,27 +71,8 @@ class Router:
                  callers: Mapping[str, Any]) -> None:
         self.module = module
         self.task = RoutingTask(pool, router, callers, StateEncoder(router.encoder))
-        self._check_shapes()
+        check_trained_shape(module, pool.names, router)
         self._lock = threading.Lock()
-
-    def _check_shapes(self) -> None:
-        """The observation size fixes the experts, the encoder and ``t_max`` the module was trained
-        with; say which setting differs instead of failing at the first question."""
-        from der_ray.routing.module import OBS_KEY
-
-        task = self.task
-        obs_dim = int(self.module.observation_space[OBS_KEY].shape[0])
-        n_actions = int(self.module.action_space.n)
-        if n_actions != task.n_experts + 1:
-            raise RoutingError(f"the router was trained with {n_actions - 1} experts, the pool has "
-                               f"{task.n_experts} ({', '.join(task.names)})")
-        if obs_dim != task.obs_dim:
-            trained_t_max = obs_dim - task.encoder.dim - task.n_experts - 1
-            hint = (f"it was trained with t_max={trained_t_max} (pass --t-max {trained_t_max})"
-                    if trained_t_max >= 1 else "was it trained with another state encoder?")
-            raise RoutingError(f"the router's observations have {obs_dim} features, this config gives "
-                               f"{task.obs_dim} (t_max={task.router.t_max}, encoder "
-                               f"{task.router.encoder!r}): {hint}")
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, pool: PoolConfig, router: RouterConfig,

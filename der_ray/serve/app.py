@@ -278,7 +278,7 @@ def build_graph(cfg: ServeConfig) -> Any:
         from der_ray.routing.policy_io import load_module
 
         ckpt = resolve_checkpoint(cfg.router.checkpoint)  # checked here so a mismatch fails the deploy
-        check_checkpoint(load_module(ckpt), ckpt, len(pool.names), cfg.router.router)
+        check_checkpoint(load_module(ckpt), ckpt, pool.names, cfg.router.router)
         rd = cfg.router.deployment
         backends[ROUTER_MODEL] = RouterDeployment.options(  # type: ignore[attr-defined]
             name="Router", **rd.serve_options(),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,22 +92,19 @@ def resolve_checkpoint(checkpoint: str) -> Path:
     return policy_checkpoint(ckpt) or ckpt
 
 
-def check_checkpoint(module: Any, ckpt: Path, n_experts: int, cfg: RouterConfig) -> None:
+def check_checkpoint(module: Any, ckpt: Path, names: Sequence[str], cfg: RouterConfig) -> None:
     """Fail at start-up, not on every request, when the checkpoint was trained with other settings.
 
     Raises:
-        ConfigError: the module's observation size or action count does not match ``cfg`` and the pool.
+        ConfigError: the module does not match ``cfg`` and the pool (``routing.router.check_trained_shape``).
     """
-    from der_ray.errors import ConfigError
-    from der_ray.routing.encoder import StateEncoder
+    from der_ray.errors import ConfigError, RoutingError
+    from der_ray.routing.router import check_trained_shape
 
-    have = (int(module.observation_space["obs"].shape[0]), int(module.action_space.n))
-    want = (StateEncoder(cfg.encoder, max_cached=1).dim + n_experts + cfg.t_max + 1, n_experts + 1)
-    if have != want:
-        raise ConfigError(
-            f"serve.router: checkpoint {ckpt} takes observations of size {have[0]} with {have[1]} actions, "
-            f"but router.encoder={cfg.encoder!r}, router.t_max={cfg.t_max} and {n_experts} experts give "
-            f"{want[0]} and {want[1]}; use the encoder, t_max and expert pool it was trained with")
+    try:
+        check_trained_shape(module, names, cfg)
+    except RoutingError as e:
+        raise ConfigError(f"serve.router: checkpoint {ckpt}: {e}") from None
 
 
 @serve.deployment
@@ -123,7 +120,6 @@ class RouterDeployment:
         callers = {n: HandleCaller(n, experts[n], pool.expert(n).resources.timeout_s, self._traces)
                    for n in pool.names}
         self.router = Router.from_checkpoint(ckpt, pool, router, callers)
-        check_checkpoint(self.router.module, ckpt, len(pool.names), router)
         self.pool = pool
         self.checkpoint = str(ckpt)
         self._workers = ThreadPoolExecutor(max_workers, thread_name_prefix="route")
