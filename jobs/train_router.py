@@ -64,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from der_ray import data
     from der_ray.config import RewardConfig, RouterConfig, load_pool_config
+    from der_ray.evals.routing_eval import dev_selector, domain_skills
     from der_ray.routing.algo import EPISODE_RETURN_MEAN, build_ppo_config, get_metric
-    from der_ray.routing.env import RoutingEnv, build_env_config, responses_dir
+    from der_ray.routing.encoder import StateEncoder
+    from der_ray.routing.env import RoutingEnv, build_env_config, make_callers, responses_dir
+    from der_ray.routing.episode import RoutingTask
     from der_ray.routing.metrics import (
         CACHE_HIT_RATE,
         CALLS,
@@ -101,19 +104,16 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         # Keep the pool (its handles) for the whole job: a non-detached actor dies with its last handle.
         stack.enter_context(ExpertPool(pool))
     storage = Path(args.storage).expanduser().resolve()
+    callers = make_callers(pool, "local" if args.local else "actors",
+                           None if args.no_cache else responses_dir(args.cache_dir))
+    task = RoutingTask(pool, router, callers, StateEncoder(router.encoder))
+    # PPO can only learn the skills its training rows show (20 GSM8K rows once held 1 Qwen success).
+    print(skills_table(domain_skills(task, train_rows), train_rows), flush=True)
     select = None
     if args.dev_per_domain > 0:
-        from der_ray.evals.routing_eval import dev_selector
-        from der_ray.routing.encoder import StateEncoder
-        from der_ray.routing.env import make_callers
-        from der_ray.routing.episode import RoutingTask
-
         dev_rows = list(data.iter_examples(data.split_mix(
             args.domains, "dev", data.domain_sizes(args.domains, args.dev_per_domain, args.dev_domain_size),
             args.seed)))
-        callers = make_callers(pool, "local" if args.local else "actors",
-                               None if args.no_cache else responses_dir(args.cache_dir))
-        task = RoutingTask(pool, router, callers, StateEncoder(router.encoder))
         select = dev_selector(task, dev_rows, args.cost_coef, progress=lambda msg: print(msg, flush=True))
 
     def report(it: int, result: dict) -> None:
@@ -132,6 +132,17 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     if outcome.best is not None:
         print(f"best on dev: {outcome.best} (objective {outcome.best_score:.4f})")
     return 0
+
+
+def skills_table(skills: dict[str, dict[str, float]], rows: list) -> str:
+    """The training rows' mean step-0 score per domain and expert, as aligned text."""
+    names = list(next(iter(skills.values())))
+    lines = [f"training rows: step-0 quality per domain ({len(rows)} questions)",
+             f"  {'domain':12s} {'n':>4s}  " + "  ".join(f"{n[:18]:>18s}" for n in names)]
+    for domain, quality in skills.items():
+        n = sum(ex.domain == domain for ex in rows)
+        lines.append(f"  {domain:12s} {n:4d}  " + "  ".join(f"{quality[e]:18.3f}" for e in names))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

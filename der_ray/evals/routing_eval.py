@@ -114,16 +114,20 @@ def _allowing(task: RoutingTask, calls: int) -> RoutingTask:
     return RoutingTask(task.pool, replace(task.router, t_max=calls), task.callers, task.encoder)
 
 
+def domain_skills(task: RoutingTask, rows: Sequence[Example]) -> dict[str, dict[str, float]]:
+    """domain -> expert -> mean step-0 score on ``rows``: what per-domain routing can learn from
+    them. ``train_router`` prints it for its training rows, because a domain where the experts tie
+    there gives PPO nothing to learn, whatever the experts' skills on other rows."""
+    singles = {n: run_policy(task, rows, fixed_route([i])) for i, n in enumerate(task.names)}
+    return {domain: {n: float(np.mean([s["score"] for s in singles[n] if s["domain"] == domain]))
+                     for n in task.names}
+            for domain in sorted({ex.domain for ex in rows})}
+
+
 def best_per_domain(task: RoutingTask, dev: Sequence[Example]) -> dict[str, str]:
     """domain -> the expert with the best dev quality (ties: the cheaper one)."""
-    singles = {n: run_policy(task, dev, fixed_route([i])) for i, n in enumerate(task.names)}
-    best = {}
-    for domain in sorted({ex.domain for ex in dev}):
-        def key(name: str, domain: str = domain) -> tuple[float, float]:
-            scores = [s["score"] for s in singles[name] if s["domain"] == domain]
-            return (float(np.mean(scores)), -task.pool.expert(name).params_b)
-        best[domain] = max(task.names, key=key)
-    return best
+    return {domain: max(task.names, key=lambda n, q=quality: (q[n], -task.pool.expert(n).params_b))
+            for domain, quality in domain_skills(task, dev).items()}
 
 
 def evaluate_systems(task: RoutingTask, test: Sequence[Example], dev: Sequence[Example],

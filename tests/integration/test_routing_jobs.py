@@ -9,7 +9,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_train_then_evaluate(load_job, ray_session, pool_yaml, tmp_path):
+def test_train_then_evaluate(load_job, ray_session, pool_yaml, tmp_path, capsys):
     common = ["--pool", pool_yaml, "--domains", "triviaqa", "piqa", "--encoder", "hashing", "--t-max", "2",
               "--cache-dir", str(tmp_path / "responses"), "--local"]
     storage = tmp_path / "router"
@@ -18,6 +18,9 @@ def test_train_then_evaluate(load_job, ray_session, pool_yaml, tmp_path):
                                       "--dev-per-domain", "2", "--select-every", "1",
                                       "--lr", "1e-3", "--num-epochs", "2", "--minibatch-size", "16"]) == 0
     assert (storage / "checkpoints" / "LATEST").is_file()
+    printed = capsys.readouterr().out  # the training rows' skills, before PPO starts
+    skills = printed[printed.index("training rows: step-0 quality"):printed.index("iter   1")]
+    assert [line.split()[:2] for line in skills.splitlines()[2:]] == [["piqa", "3"], ["triviaqa", "3"]]
     best = json.loads((storage / "checkpoints" / "BEST").read_text())  # selected on the dev rows
     assert best["iteration"] in (1, 2) and (storage / "checkpoints" / best["name"]).is_dir()
     out = tmp_path / "results"
