@@ -126,8 +126,10 @@ def domain_skills(task: RoutingTask, rows: Sequence[Example]) -> dict[str, dict[
 
 def best_per_domain(task: RoutingTask, dev: Sequence[Example]) -> dict[str, str]:
     """domain -> the expert with the best dev quality (ties: the cheaper one)."""
-    return {domain: max(task.names, key=lambda n, q=quality: (q[n], -task.pool.expert(n).params_b))
-            for domain, quality in domain_skills(task, dev).items()}
+    def best(quality: dict[str, float]) -> str:
+        return max(task.names, key=lambda n: (quality[n], -task.pool.expert(n).params_b))
+
+    return {domain: best(quality) for domain, quality in domain_skills(task, dev).items()}
 
 
 def evaluate_systems(task: RoutingTask, test: Sequence[Example], dev: Sequence[Example],
