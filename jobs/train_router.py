@@ -42,6 +42,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="SGD passes over each training batch")
     p.add_argument("--minibatch-size", type=int, default=TrainConfig.minibatch_size)
     p.add_argument("--entropy-coeff", type=float, default=TrainConfig.entropy_coeff)
+    p.add_argument("--hidden", type=int, nargs="*", default=list(TrainConfig.hidden),
+                   help="policy/value MLP layer sizes (none: linear on the observation)")
     p.add_argument("--t-max", type=int, default=JOB_T_MAX, help=T_MAX_HELP)
     p.add_argument("--encoder", choices=["minilm", "hashing"], default="minilm")
     p.add_argument("--num-env-runners", type=int, default=0)
@@ -89,7 +91,8 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     train = TrainConfig(iterations=args.iterations, train_batch_size=args.train_batch_size, lr=args.lr,
                         num_epochs=args.num_epochs, entropy_coeff=args.entropy_coeff,
                         minibatch_size=min(args.minibatch_size, args.train_batch_size),
-                        num_env_runners=0 if args.local else args.num_env_runners, seed=args.seed)
+                        num_env_runners=0 if args.local else args.num_env_runners, seed=args.seed,
+                        hidden=tuple(args.hidden))
     train_rows = list(data.iter_examples(data.split_mix(
         args.domains, "train", data.domain_sizes(args.domains, args.per_domain, args.domain_size),
         args.seed)))
