@@ -243,6 +243,11 @@ class RewardConfig:
 JOB_T_MAX = 2
 """The routing jobs' default call limit: ``build_cache``'s default ``--depth 1`` answers every call PPO
 can make with it, while the paper's 5 needs ``--depth 4`` or live calls (too slow on 2 CPU cores)."""
+JOB_TRAIN_PER_DOMAIN = 60
+"""Training questions per domain of the routing jobs (build_cache, train_router, sweep_cost). PPO can only
+learn a skill its training rows show, and these experts' skills are rare events: Qwen, the only expert that
+solves GSM8K, solved 1 of the first 20 GSM8K training questions and 16 of 60. With 20 the router never sent
+GSM8K to Qwen (``benchmarks/results/routing_runs.md``)."""
 T_MAX_HELP = ("most expert calls per question, the same in training, evaluation and Serve (2: build_cache's "
               "default --depth 1 answers every call; the paper's 5 needs --depth 4 or live calls)")
 

@@ -1,6 +1,6 @@
 """Precompute the DER response cache: step-0 answers and KTP chains of every expert, in parallel.
 
-    python jobs/build_cache.py --domains triviaqa gsm8k piqa nq_open --per-domain 30 --split train
+    python jobs/build_cache.py --domains triviaqa gsm8k piqa nq_open --per-domain 60 --split train
     ray job submit --working-dir . -- python jobs/build_cache.py --cache-dir /abs/cache/responses
 
 Questions come from ``data.split_mix`` (the same seeded train/dev/test split as training and
@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from der_ray.config import JOB_TRAIN_PER_DOMAIN
+
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,9 +26,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--router-config", help="YAML with the router section (KTP template, token budgets)")
     p.add_argument("--experts", nargs="*", help="subset of expert names (default: all)")
     p.add_argument("--domains", nargs="*", default=["triviaqa", "gsm8k", "piqa", "nq_open"])
-    p.add_argument("--per-domain", type=int, default=30, help="questions per domain")
-    p.add_argument("--domain-size", nargs="*", default=["gsm8k=20"], metavar="DOMAIN=N",
-                   help="per-domain exceptions to --per-domain, e.g. gsm8k=20 (long chains of thought)")
+    p.add_argument("--per-domain", type=int, default=JOB_TRAIN_PER_DOMAIN, help="questions per domain")
+    p.add_argument("--domain-size", nargs="*", default=[], metavar="DOMAIN=N",
+                   help="per-domain exceptions to --per-domain, e.g. gsm8k=20 (fewer long chains of thought)")
     p.add_argument("--split", default="train", help="part of the seeded 0.6/0.2/0.2 split: train, dev, test")
     p.add_argument("--seed", type=int, default=0, help="split and sample seed")
     p.add_argument("--depth", type=int, default=1, help="KTP steps after step 0 (0: step-0 answers only)")

@@ -18,7 +18,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from der_ray.config import JOB_T_MAX, T_MAX_HELP, TrainConfig
+from der_ray.config import JOB_T_MAX, JOB_TRAIN_PER_DOMAIN, T_MAX_HELP, TrainConfig
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -26,14 +26,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", "--config", dest="pool", help="expert pool YAML (default: packaged)")
     p.add_argument("--experts", nargs="*", help="subset of expert names")
     p.add_argument("--domains", nargs="*", default=["triviaqa", "gsm8k", "piqa", "nq_open"])
-    p.add_argument("--per-domain", type=int, default=30, help="training questions per domain")
-    p.add_argument("--domain-size", nargs="*", default=["gsm8k=20"], metavar="DOMAIN=N",
-                   help="per-domain exceptions to --per-domain, e.g. gsm8k=20 (long chains of thought)")
+    p.add_argument("--per-domain", type=int, default=JOB_TRAIN_PER_DOMAIN,
+                   help="training questions per domain")
+    p.add_argument("--domain-size", nargs="*", default=[], metavar="DOMAIN=N",
+                   help="per-domain exceptions to --per-domain, e.g. gsm8k=20 (fewer long chains of thought)")
     p.add_argument("--dev-per-domain", type=int, default=20,
                    help="dev questions per domain for checkpoint selection (0: keep the last iterate)")
     p.add_argument("--dev-domain-size", nargs="*", default=["gsm8k=6"], metavar="DOMAIN=N")
     p.add_argument("--select-every", type=int, default=5, help="iterations between dev selections")
     p.add_argument("--seed", type=int, default=0, help="data split and PPO seed")
+    p.add_argument("--ppo-seed", type=int, help="PPO and env sampling seed only (default: --seed); "
+                   "another value reuses the same questions and so their cached answers")
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--train-batch-size", type=int, default=512)
     p.add_argument("--cost-coef", type=float, default=0.1, help="lambda of the reward's cost term")
@@ -88,17 +91,18 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     pool = load_pool_config(args.pool).select(args.experts)
     router = RouterConfig(reward=RewardConfig(cost_coef=args.cost_coef), t_max=args.t_max,
                           encoder=args.encoder)
+    ppo_seed = args.seed if args.ppo_seed is None else args.ppo_seed
     train = TrainConfig(iterations=args.iterations, train_batch_size=args.train_batch_size, lr=args.lr,
                         num_epochs=args.num_epochs, entropy_coeff=args.entropy_coeff,
                         minibatch_size=min(args.minibatch_size, args.train_batch_size),
-                        num_env_runners=0 if args.local else args.num_env_runners, seed=args.seed,
+                        num_env_runners=0 if args.local else args.num_env_runners, seed=ppo_seed,
                         hidden=tuple(args.hidden))
     train_rows = list(data.iter_examples(data.split_mix(
         args.domains, "train", data.domain_sizes(args.domains, args.per_domain, args.domain_size),
         args.seed)))
     env_config = build_env_config(pool, router, train_rows, experts="local" if args.local else "actors",
                                   cache=None if args.no_cache else responses_dir(args.cache_dir),
-                                  seed=args.seed)
+                                  seed=ppo_seed)
     connect_ray(stack, args.address)
     if not args.local:
         from der_ray.experts.actors import ExpertPool
