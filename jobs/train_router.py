@@ -3,7 +3,8 @@
     python jobs/train_router.py --storage /abs/out/router                  # local Ray
     ray job submit --working-dir . -- python jobs/train_router.py --storage /abs/out/router
 
-Checkpoints land in <storage>/checkpoints/iter_<n> (LATEST names the newest); re-running the same
+First it prints each expert's mean step-0 score per domain on the training rows (what PPO can learn;
+with --no-cache these are live calls). Checkpoints land in <storage>/checkpoints/iter_<n> (LATEST names the newest); re-running the same
 command after a kill resumes from LATEST. Every --select-every iterations the policy is run greedily
 on the dev rows and the best one so far (dev quality - lambda x params) is kept as checkpoints/BEST,
 which evaluate_router and Serve route with; --dev-per-domain 0 turns this off. --local runs the
@@ -17,6 +18,7 @@ import argparse
 import contextlib
 import sys
 from pathlib import Path
+from typing import Any
 
 from der_ray.config import JOB_T_MAX, JOB_TRAIN_PER_DOMAIN, T_MAX_HELP, TrainConfig
 
@@ -141,7 +143,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     return 0
 
 
-def skills_table(skills: dict[str, dict[str, float]], rows: list) -> str:
+def skills_table(skills: dict[str, dict[str, float]], rows: list[Any]) -> str:
     """The training rows' mean step-0 score per domain and expert, as aligned text."""
     names = list(next(iter(skills.values())))
     lines = [f"training rows: step-0 quality per domain ({len(rows)} questions)",
