@@ -5,11 +5,11 @@
 
 First it prints each expert's mean step-0 score per domain on the training rows (what PPO can learn;
 with --no-cache these are live calls). Checkpoints land in <storage>/checkpoints/iter_<n> (LATEST
-names the newest); re-running the same command after a kill resumes from LATEST. Every --select-every iterations the policy is run greedily
-on the dev rows and the best one so far (dev quality - lambda x params) is kept as checkpoints/BEST,
-which evaluate_router and Serve route with; --dev-per-domain 0 turns this off. --local runs the
-experts in-process and the env in the driver (no expert actors, no remote env runners) so that
-breakpoints work.
+names the newest); re-running the same command after a kill resumes from LATEST. Every
+--select-every iterations the policy is run greedily on the dev rows and the best one so far (dev
+quality - lambda x params) is kept as checkpoints/BEST, which evaluate_router and Serve route with;
+--dev-per-domain 0 turns this off. --local runs the experts in-process and the env in the driver (no
+expert actors, no remote env runners) so that breakpoints work.
 """
 
 from __future__ import annotations
