@@ -248,6 +248,7 @@ JOB_TRAIN_PER_DOMAIN = 60
 learn a skill its training rows show, and these experts' skills are rare events: Qwen, the only expert that
 solves GSM8K, solved 1 of the first 20 GSM8K training questions and 16 of 60. With 20 the router never sent
 GSM8K to Qwen (``benchmarks/results/routing_runs.md``)."""
+DOMAIN_SIZE_HELP = "per-domain exceptions to --per-domain, e.g. gsm8k=20 (fewer long chains of thought)"
 T_MAX_HELP = ("most expert calls per question, the same in training, evaluation and Serve (2: build_cache's "
               "default --depth 1 answers every call; the paper's 5 needs --depth 4 or live calls)")
 

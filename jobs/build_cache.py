@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from der_ray.config import JOB_TRAIN_PER_DOMAIN
+from der_ray.config import DOMAIN_SIZE_HELP, JOB_TRAIN_PER_DOMAIN
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -27,8 +27,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--experts", nargs="*", help="subset of expert names (default: all)")
     p.add_argument("--domains", nargs="*", default=["triviaqa", "gsm8k", "piqa", "nq_open"])
     p.add_argument("--per-domain", type=int, default=JOB_TRAIN_PER_DOMAIN, help="questions per domain")
-    p.add_argument("--domain-size", nargs="*", default=[], metavar="DOMAIN=N",
-                   help="per-domain exceptions to --per-domain, e.g. gsm8k=20 (fewer long chains of thought)")
+    p.add_argument("--domain-size", nargs="*", default=[], metavar="DOMAIN=N", help=DOMAIN_SIZE_HELP)
     p.add_argument("--split", default="train", help="part of the seeded 0.6/0.2/0.2 split: train, dev, test")
     p.add_argument("--seed", type=int, default=0, help="split and sample seed")
     p.add_argument("--depth", type=int, default=1, help="KTP steps after step 0 (0: step-0 answers only)")

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from der_ray.config import JOB_T_MAX, T_MAX_HELP
+from der_ray.config import DOMAIN_SIZE_HELP, JOB_T_MAX, T_MAX_HELP
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def make_parser() -> argparse.ArgumentParser:
     # 3 x 90 + 30 GSM8K = 300 held-out questions: GSM8K's 256-token chains dominate the CPU time.
     p.add_argument("--per-domain", type=int, default=90, help="test questions per domain")
     p.add_argument("--domain-size", nargs="*", default=["gsm8k=30"], metavar="DOMAIN=N",
-                   help="per-domain exceptions to --per-domain, e.g. gsm8k=20 (long chains of thought)")
+                   help=DOMAIN_SIZE_HELP)
     p.add_argument("--dev-per-domain", type=int, default=20, help="dev questions per domain")
     p.add_argument("--dev-domain-size", nargs="*", default=["gsm8k=6"], metavar="DOMAIN=N")
     p.add_argument("--seed", type=int, default=0)

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from der_ray.config import JOB_T_MAX, JOB_TRAIN_PER_DOMAIN, T_MAX_HELP
+from der_ray.config import DOMAIN_SIZE_HELP, JOB_T_MAX, JOB_TRAIN_PER_DOMAIN, T_MAX_HELP
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -43,8 +43,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--domains", nargs="*", default=["triviaqa", "gsm8k", "piqa", "nq_open"])
     p.add_argument("--per-domain", type=int, default=JOB_TRAIN_PER_DOMAIN,
                    help="training questions per domain")
-    p.add_argument("--domain-size", nargs="*", default=[], metavar="DOMAIN=N",
-                   help="per-domain exceptions to --per-domain, e.g. gsm8k=20 (fewer long chains of thought)")
+    p.add_argument("--domain-size", nargs="*", default=[], metavar="DOMAIN=N", help=DOMAIN_SIZE_HELP)
     p.add_argument("--test-per-domain", type=int, default=20, help="held-out questions per domain (0: none)")
     p.add_argument("--test-domain-size", nargs="*", default=[], metavar="DOMAIN=N")
     p.add_argument("--seed", type=int, default=0, help="data split seed")

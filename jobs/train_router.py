@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from der_ray.config import JOB_T_MAX, JOB_TRAIN_PER_DOMAIN, T_MAX_HELP, TrainConfig
+from der_ray.config import DOMAIN_SIZE_HELP, JOB_T_MAX, JOB_TRAIN_PER_DOMAIN, T_MAX_HELP, TrainConfig
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -30,8 +30,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--domains", nargs="*", default=["triviaqa", "gsm8k", "piqa", "nq_open"])
     p.add_argument("--per-domain", type=int, default=JOB_TRAIN_PER_DOMAIN,
                    help="training questions per domain")
-    p.add_argument("--domain-size", nargs="*", default=[], metavar="DOMAIN=N",
-                   help="per-domain exceptions to --per-domain, e.g. gsm8k=20 (fewer long chains of thought)")
+    p.add_argument("--domain-size", nargs="*", default=[], metavar="DOMAIN=N", help=DOMAIN_SIZE_HELP)
     p.add_argument("--dev-per-domain", type=int, default=20,
                    help="dev questions per domain for checkpoint selection (0: keep the last iterate)")
     p.add_argument("--dev-domain-size", nargs="*", default=["gsm8k=6"], metavar="DOMAIN=N")
