@@ -4,7 +4,8 @@
     ray job submit --working-dir . -- python jobs/train_router.py --storage /abs/out/router
 
 First it prints each expert's mean step-0 score per domain on the training rows (what PPO can learn;
-with --no-cache these are live calls). Checkpoints land in <storage>/checkpoints/iter_<n> (LATEST
+with --no-cache these are live calls) and on the dev rows, and names the domains where the two
+disagree on the best expert. Checkpoints land in <storage>/checkpoints/iter_<n> (LATEST
 names the newest); re-running the same command after a kill resumes from LATEST. Every
 --select-every iterations the policy is run greedily on the dev rows and the best one so far (dev
 quality - lambda x params) is kept as checkpoints/BEST, which evaluate_router and Serve route with;
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from der_ray import data
     from der_ray.config import RewardConfig, RouterConfig, load_pool_config
-    from der_ray.evals.routing_eval import dev_selector, domain_skills
+    from der_ray.evals.routing_eval import dev_selector, domain_skills, skill_disagreements
     from der_ray.routing.algo import EPISODE_RETURN_MEAN, build_ppo_config, get_metric
     from der_ray.routing.encoder import StateEncoder
     from der_ray.routing.env import RoutingEnv, build_env_config, make_callers, responses_dir
@@ -116,12 +117,18 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
                            None if args.no_cache else responses_dir(args.cache_dir))
     task = RoutingTask(pool, router, callers, StateEncoder(router.encoder))
     # PPO can only learn the skills its training rows show (20 GSM8K rows once held 1 Qwen success).
-    print(skills_table(domain_skills(task, train_rows), train_rows), flush=True)
+    train_skills = domain_skills(task, train_rows)
+    print(skills_table(train_skills, train_rows, "training rows"), flush=True)
     select = None
     if args.dev_per_domain > 0:
         dev_rows = list(data.iter_examples(data.split_mix(
             args.domains, "dev", data.domain_sizes(args.domains, args.dev_per_domain, args.dev_domain_size),
             args.seed)))
+        dev_skills = domain_skills(task, dev_rows)
+        print(skills_table(dev_skills, dev_rows, "dev rows"), flush=True)
+        for domain, (on_train, on_dev) in skill_disagreements(task, train_skills, dev_skills).items():
+            print(f"note: {domain}: the training rows favour {on_train}, the dev rows {on_dev}; PPO learns "
+                  f"the former (more rows for {domain}: --domain-size {domain}=N)", flush=True)
         select = dev_selector(task, dev_rows, args.cost_coef, progress=lambda msg: print(msg, flush=True))
 
     def report(it: int, result: dict) -> None:
@@ -142,10 +149,10 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     return 0
 
 
-def skills_table(skills: dict[str, dict[str, float]], rows: list[Any]) -> str:
-    """The training rows' mean step-0 score per domain and expert, as aligned text."""
+def skills_table(skills: dict[str, dict[str, float]], rows: list[Any], title: str) -> str:
+    """The rows' mean step-0 score per domain and expert, as aligned text."""
     names = list(next(iter(skills.values())))
-    lines = [f"training rows: step-0 quality per domain ({len(rows)} questions)",
+    lines = [f"{title}: step-0 quality per domain ({len(rows)} questions)",
              f"  {'domain':12s} {'n':>4s}  " + "  ".join(f"{n[:18]:>18s}" for n in names)]
     for domain, quality in skills.items():
         n = sum(ex.domain == domain for ex in rows)

@@ -124,12 +124,28 @@ def domain_skills(task: RoutingTask, rows: Sequence[Example]) -> dict[str, dict[
             for domain in sorted({ex.domain for ex in rows})}
 
 
-def best_per_domain(task: RoutingTask, dev: Sequence[Example]) -> dict[str, str]:
-    """domain -> the expert with the best dev quality (ties: the cheaper one)."""
+def best_experts(task: RoutingTask, skills: dict[str, dict[str, float]]) -> dict[str, str]:
+    """domain -> the expert with the best quality in ``skills`` (ties: the cheaper one)."""
     def best(quality: dict[str, float]) -> str:
         return max(task.names, key=lambda n: (quality[n], -task.pool.expert(n).params_b))
 
-    return {domain: best(quality) for domain, quality in domain_skills(task, dev).items()}
+    return {domain: best(quality) for domain, quality in skills.items()}
+
+
+def best_per_domain(task: RoutingTask, dev: Sequence[Example]) -> dict[str, str]:
+    """domain -> the expert with the best dev quality (ties: the cheaper one)."""
+    return best_experts(task, domain_skills(task, dev))
+
+
+def skill_disagreements(task: RoutingTask, train: dict[str, dict[str, float]],
+                        dev: dict[str, dict[str, float]]) -> dict[str, tuple[str, str]]:
+    """domain -> (best expert on the training rows, best on the dev rows), where the two differ.
+
+    PPO learns the training rows' choice; where dev (a sample of the same distribution as test)
+    prefers another expert, one of the two samples is too small to tell the experts apart (60 PIQA
+    training rows once preferred Gemma 65 % to 57 %, while dev and test preferred SmolLM2)."""
+    a, b = best_experts(task, train), best_experts(task, dev)
+    return {d: (a[d], b[d]) for d in a if d in b and a[d] != b[d]}
 
 
 def evaluate_systems(task: RoutingTask, test: Sequence[Example], dev: Sequence[Example],

@@ -18,9 +18,12 @@ def test_train_then_evaluate(load_job, ray_session, pool_yaml, tmp_path, capsys)
                                       "--dev-per-domain", "2", "--select-every", "1",
                                       "--lr", "1e-3", "--num-epochs", "2", "--minibatch-size", "16"]) == 0
     assert (storage / "checkpoints" / "LATEST").is_file()
-    printed = capsys.readouterr().out  # the training rows' skills, before PPO starts
-    skills = printed[printed.index("training rows: step-0 quality"):printed.index("iter   1")]
-    assert [line.split()[:2] for line in skills.splitlines()[2:]] == [["piqa", "3"], ["triviaqa", "3"]]
+    printed = capsys.readouterr().out  # the training and dev rows' skills, before PPO starts
+    train_part = printed[printed.index("training rows: step-0 quality"):printed.index("dev rows: step-0")]
+    dev_part = printed[printed.index("dev rows: step-0 quality"):printed.index("iter   1")]
+    for part, n in ((train_part, "3"), (dev_part, "2")):
+        table = [line.split()[:2] for line in part.splitlines()[2:] if line.startswith("  ")]
+        assert table == [["piqa", n], ["triviaqa", n]]
     best = json.loads((storage / "checkpoints" / "BEST").read_text())  # selected on the dev rows
     assert best["iteration"] in (1, 2) and (storage / "checkpoints" / best["name"]).is_dir()
     out = tmp_path / "results"

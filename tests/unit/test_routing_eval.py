@@ -9,7 +9,14 @@ import pytest
 
 from der_ray.config import RouterConfig
 from der_ray.data.schema import Example
-from der_ray.evals.routing_eval import evaluate_systems, markdown, scatter_png, summarize_systems
+from der_ray.evals.routing_eval import (
+    domain_skills,
+    evaluate_systems,
+    markdown,
+    scatter_png,
+    skill_disagreements,
+    summarize_systems,
+)
 from der_ray.experts.hf import HFExpert
 from der_ray.routing.encoder import StateEncoder
 from der_ray.routing.episode import RoutingTask
@@ -59,3 +66,16 @@ def test_chain_is_all_experts_whatever_the_call_limit(task):
     systems = evaluate_systems(one_call, EXAMPLES[:2], EXAMPLES[:2], lambda obs: np.zeros(len(obs), int))
     assert all(s["route"] == ["tiny-chat", "tiny-base"] for s in systems["chain:all-ktp"])
     assert all(s["calls"] == 1 for s in systems["der"] + systems["random"])  # the router's own limit
+
+
+def test_domain_skills_and_where_train_and_dev_disagree(task):
+    systems = evaluate_systems(task, EXAMPLES, EXAMPLES, lambda obs: np.zeros(len(obs), int))
+    skills = domain_skills(task, EXAMPLES)
+    assert skills["piqa"]["tiny-base"] == pytest.approx(
+        np.mean([s["score"] for s in systems["single:tiny-base"] if s["domain"] == "piqa"]))
+    assert set(skills) == {"piqa", "triviaqa"}
+    train = {"piqa": {"tiny-chat": 0.5, "tiny-base": 0.7}, "triviaqa": {"tiny-chat": 0.2, "tiny-base": 0.1},
+             "gsm8k": {"tiny-chat": 0.3, "tiny-base": 0.3}, "nq_open": {"tiny-chat": 0.1, "tiny-base": 0.0}}
+    dev = {"piqa": {"tiny-chat": 0.8, "tiny-base": 0.6}, "triviaqa": {"tiny-chat": 0.4, "tiny-base": 0.0},
+           "gsm8k": {"tiny-chat": 0.0, "tiny-base": 0.0}}  # ties go to the cheaper expert on both sides
+    assert skill_disagreements(task, train, dev) == {"piqa": ("tiny-base", "tiny-chat")}
