@@ -108,7 +108,8 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     pool = load_pool_config(args.pool).select(args.experts)
     router = RouterConfig(reward=RewardConfig(), t_max=args.t_max, encoder=args.encoder)
     train = TrainConfig(iterations=args.iterations, train_batch_size=args.train_batch_size,
-                        minibatch_size=min(TrainConfig.minibatch_size, args.train_batch_size), num_env_runners=0, seed=seeds[0])
+                        minibatch_size=min(TrainConfig.minibatch_size, args.train_batch_size),
+                        num_env_runners=0, seed=seeds[0])
     train_rows = list(data.iter_examples(data.split_mix(
         args.domains, "train", data.domain_sizes(args.domains, args.per_domain, args.domain_size),
         args.seed)))

@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         print(skills_table(dev_skills, dev_rows, "dev rows"), flush=True)
         for domain, (on_train, on_dev) in skill_disagreements(task, train_skills, dev_skills).items():
             print(f"note: {domain}: the training rows favour {on_train}, the dev rows {on_dev}; PPO learns "
-                  f"the former, so dev quality there reflects the smaller sample's noise", flush=True)
+                  "the former (one of the samples is too small to tell these experts apart)", flush=True)
         select = dev_selector(task, dev_rows, args.cost_coef, progress=lambda msg: print(msg, flush=True))
 
     def report(it: int, result: dict) -> None:
