@@ -145,7 +145,9 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
 
     scored = sweep.score_trials(trials, evaluate)
     experiment = Path(args.storage).expanduser().resolve() / args.name
-    meta = {"grid": list(grid), "seeds": list(seeds), "iterations": args.iterations,
+    # The PPO settings travel with the results: the defaults changed once (lr 3e-4 -> 1e-3, ...).
+    ppo = {k: getattr(train, k) for k in ("lr", "num_epochs", "minibatch_size", "train_batch_size", "hidden")}
+    meta = {"grid": list(grid), "seeds": list(seeds), "iterations": args.iterations, "ppo": ppo,
             "experiment": str(experiment), "n_train": len(train_rows), "n_test": len(test),
             "domains": args.domains, "fit_s": round(fit_s, 1), "wall_s": round(time.perf_counter() - t0, 1),
             "tensorboard": f"tensorboard --logdir {experiment}"}

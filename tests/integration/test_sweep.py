@@ -23,6 +23,7 @@ def test_sweep_two_trials_then_calibrate(load_job, ray_session, pool_yaml, tmp_p
     trials, meta = report["trials"], report["meta"]
     assert [t["cost_coef"] for t in trials] == [0.0, 2.0]
     assert 0 < meta["fit_s"] <= meta["wall_s"] and meta["tensorboard"].startswith("tensorboard --logdir ")
+    assert meta["ppo"]["train_batch_size"] == 32 and meta["ppo"]["minibatch_size"] <= 32  # what ran
     with capsys.disabled():
         print(f"\n2-trial sweep: Tune fit {meta['fit_s']} s, job wall {meta['wall_s']} s")
     windows = []
