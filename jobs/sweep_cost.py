@@ -30,6 +30,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +147,7 @@ def _run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     scored = sweep.score_trials(trials, evaluate)
     experiment = Path(args.storage).expanduser().resolve() / args.name
     # The PPO settings travel with the results: the defaults changed once (lr 3e-4 -> 1e-3, ...).
-    ppo = {k: getattr(train, k) for k in ("lr", "num_epochs", "minibatch_size", "train_batch_size", "hidden")}
-    meta = {"grid": list(grid), "seeds": list(seeds), "iterations": args.iterations, "ppo": ppo,
+    meta = {"grid": list(grid), "seeds": list(seeds), "iterations": args.iterations, "ppo": asdict(train),
             "experiment": str(experiment), "n_train": len(train_rows), "n_test": len(test),
             "domains": args.domains, "fit_s": round(fit_s, 1), "wall_s": round(time.perf_counter() - t0, 1),
             "tensorboard": f"tensorboard --logdir {experiment}"}
