@@ -6,21 +6,31 @@
 
 One run measures, on the same prompts and greedy decoding (``--tokens`` new tokens, no stop strings):
 - latency: each member alone (``SoloDecoder``: the member's own KV-cache session, the step path fusion
-  uses) and the fusion of all members (``FusionDecoder``), in the same process after a warm-up;
-  ms/token = total generate time (prefill included) / tokens emitted; ratio = fused / slowest member.
+  uses) and the fusion of all members (``FusionDecoder``) with each feeding schedule
+  (``FusionConfig.feed``: ``parallel``, the default, and ``lazy``), in the same process after a
+  warm-up (one untimed pass over the prompts, so both schedules find the relative-row cache warm);
+  ms/token = total generate time (prefill included) / tokens emitted; ratio = fused (the default
+  schedule) / slowest member.
 - memory: peak RSS (``VmHWM``) of the fused setup (this process; with ``--actors`` also every actor
   process) vs the sum of each member's peak RSS alone, each measured in its own fresh subprocess that
-  loads the member and runs the same prompts.
+  loads the member and runs the same prompts. RSS counts a shared page once per process that maps it
+  (Ray's object-store pages, shared libraries), so the peak of the summed PSS (proportional set size,
+  each shared page split between its processes; sampled every 0.1 s from after the models are
+  loaded until the end of decoding) is reported too: that is the memory the machine actually gives
+  the setup while it decodes.
 Targets (issue 5): latency ratio <= 1.3, memory ratio <= 1.2. Writes results/fusion_latency.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -48,13 +58,47 @@ def status_mb(field: str, pid: int | str = "self") -> float:
     raise RuntimeError(f"no {field} for pid {pid}")
 
 
+def pss_mb(pid: int) -> float:
+    """Proportional set size of a process in MB (``/proc/<pid>/smaps_rollup``)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no Pss for pid {pid}")
+
+
+class PeakPss:
+    """Samples the summed PSS of some processes in a background thread and keeps the peak."""
+
+    def __init__(self, pids: list[int], period_s: float = 0.1) -> None:
+        self.pids, self.period_s, self.peak_mb = pids, period_s, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.peak_mb = max(self.peak_mb, sum(pss_mb(p) for p in self.pids))
+            if self._stop.wait(self.period_s):
+                return
+
+    def __enter__(self) -> PeakPss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, sum(pss_mb(p) for p in self.pids))
+
+
 def _timed(decoder: Any, prompts: list[str], tokens: int) -> dict[str, Any]:
     decoder.generate(prompts[0], max_new_tokens=4)  # warm-up
-    lat, n, changed = 0.0, 0, 0
+    lat, n, changed, searched = 0.0, 0, 0, 0
     for p in prompts:
         r = decoder.generate(p, max_new_tokens=tokens)
         lat, n, changed = lat + r.latency_s, n + len(r.token_ids), changed + r.n_changed
-    return {"ms_per_token": 1000 * lat / max(n, 1), "tokens": n, "seconds": lat, "changed_tokens": changed}
+        searched += getattr(r, "n_searched", 0)
+    return {"ms_per_token": 1000 * lat / max(n, 1), "tokens": n, "seconds": lat, "changed_tokens": changed,
+            "searched_steps": searched}
 
 
 def child(name: str, prompts: list[str], tokens: int, threads: int) -> None:
@@ -66,8 +110,9 @@ def child(name: str, prompts: list[str], tokens: int, threads: int) -> None:
 
     set_threads(threads)
     expert = HFExpert(load_pool_config().expert(name))
-    res = _timed(SoloDecoder(expert, name=name), prompts, tokens)
-    print(json.dumps({**res, "name": name, "peak_rss_mb": vm_hwm_mb()}))
+    with PeakPss([os.getpid()]) as pss:  # from after loading, as in the fused setup
+        res = _timed(SoloDecoder(expert, name=name), prompts, tokens)
+    print(json.dumps({**res, "name": name, "peak_rss_mb": vm_hwm_mb(), "peak_pss_mb": pss.peak_mb}))
 
 
 def _alone_in_subprocess(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -84,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="torch threads of this process and children")
     p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--main", help="the main member (default: the first of --members)")
     p.add_argument("--actors", action="store_true", help="members as expert actors (parallel steps)")
     p.add_argument("--output-dir", default=str(OUT))
     p.add_argument("--name", default="fusion_latency")
@@ -106,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     pool = load_pool_config().select(args.members)
     actor_pids: dict[str, int] = {}
+    objs: dict[str, Any]
     if args.actors:
         import ray
 
@@ -120,17 +167,29 @@ def main(argv: list[str] | None = None) -> int:
         from der_ray.experts.hf import HFExpert
 
         objs = {n: HFExpert(pool.expert(n)) for n in args.members}
+    pss = PeakPss([os.getpid(), *actor_pids.values()])
     try:
+        pss.__enter__()
         alone = {n: _timed(SoloDecoder(objs[n], name=n, top_k=args.top_k), prompts, args.tokens)
                  for n in args.members}
+        main_name = args.main or args.members[0]
         cfg = FusionConfig(top_k=args.top_k, anchor_dir=str(cache_dir() / "anchors"))
         t0 = time.perf_counter()
-        fusion = FusionDecoder([objs[n] for n in args.members], config=cfg, names=args.members)
+        fusion = FusionDecoder([objs[n] for n in args.members], main=main_name, config=cfg,
+                               names=args.members)
         setup_s = time.perf_counter() - t0
-        fused = _timed(fusion, prompts, args.tokens)
-        fused.update({"setup_s": setup_s, "anchors": len(fusion.anchors.ids[0]), "main": args.members[0]})
+        for prompt in prompts:
+            fusion.generate(prompt, max_new_tokens=args.tokens)
+        schedules = {}
+        for feed in ("parallel", "lazy"):
+            dec = copy.copy(fusion)  # same members, anchors and row caches
+            dec.cfg = dataclasses.replace(cfg, feed=feed)
+            schedules[feed] = _timed(dec, prompts, args.tokens)
+        fused = {**schedules[cfg.feed], "feed": cfg.feed, "setup_s": setup_s,
+                 "anchors": len(fusion.anchors.ids[0]), "main": main_name}
         rss = {"driver": vm_hwm_mb(), **{f"actor:{n}": vm_hwm_mb(pid) for n, pid in actor_pids.items()}}
         shared = {"driver": status_mb("RssShmem")}  # object-store pages, also in the actors' RSS
+        pss.__exit__()
     finally:
         if args.actors:
             experts.shutdown()
@@ -138,14 +197,19 @@ def main(argv: list[str] | None = None) -> int:
                 ray.shutdown()
     slowest = max(alone, key=lambda n: alone[n]["ms_per_token"])
     fused_rss, sum_alone = sum(rss.values()), sum(a["peak_rss_mb"] for a in alone_sub.values())
+    sum_pss = sum(a["peak_pss_mb"] for a in alone_sub.values())
     summary = {
         "members": args.members, "mode": "actors" if args.actors else "local", "tokens": args.tokens,
         "prompts": prompts, "threads": args.threads, "top_k": args.top_k,
-        "alone": alone, "alone_subprocess": alone_sub, "fused": fused, "slowest_member": slowest,
-        "latency_ratio": fused["ms_per_token"] / alone[slowest]["ms_per_token"],
+        "alone": alone, "alone_subprocess": alone_sub, "fused": fused, "fused_by_feed": schedules,
+        "slowest_member": slowest, "latency_ratio": fused["ms_per_token"] / alone[slowest]["ms_per_token"],
+        "latency_ratio_by_feed": {k: v["ms_per_token"] / alone[slowest]["ms_per_token"]
+                                  for k, v in schedules.items()},
         "peak_rss_mb": rss, "shared_rss_mb_at_end": shared, "fused_peak_rss_mb": fused_rss,
         "sum_alone_peak_rss_mb": sum_alone,
         "memory_ratio": fused_rss / sum_alone, "targets": {"latency_ratio": 1.3, "memory_ratio": 1.2},
+        "fused_peak_pss_mb": pss.peak_mb, "sum_alone_peak_pss_mb": sum_pss,
+        "memory_ratio_pss": pss.peak_mb / sum_pss,
         "loadavg_before": load0, "loadavg_after": os.getloadavg(), "cpu_count": os.cpu_count(),
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
@@ -164,13 +228,21 @@ def _markdown(s: dict[str, Any]) -> str:
              f"{s['threads']} torch threads, main member {s['fused']['main']}, "
              f"{s['fused']['anchors']} anchors (decoder setup {s['fused']['setup_s']:.1f} s, "
              "not in ms/token).", "",
-             "| decoding | ms/token | tokens | changed tokens |", "|---|---|---|---|"]
+             "| decoding | ms/token | vs slowest alone | tokens | searched steps | changed tokens |",
+             "|---|---|---|---|---|---|"]
+    slow = s["alone"][s["slowest_member"]]["ms_per_token"]
     for n, a in s["alone"].items():
-        lines.append(f"| {n} alone | {a['ms_per_token']:.1f} | {a['tokens']} | - |")
-    f = s["fused"]
-    lines += [f"| fused | {f['ms_per_token']:.1f} | {f['tokens']} | {f['changed_tokens']} |", "",
-              f"**Latency ratio** fused / slowest member alone ({s['slowest_member']}): "
-              f"**{s['latency_ratio']:.2f}x** (target <= 1.3x: {ok['latency_ratio']}).", "",
+        lines.append(f"| {n} alone | {a['ms_per_token']:.1f} | {a['ms_per_token'] / slow:.2f}x "
+                     f"| {a['tokens']} | - | - |")
+    for feed, f in s["fused_by_feed"].items():
+        default = " (default)" if feed == s["fused"]["feed"] else ""
+        lines.append(f"| fused, {feed} feeding{default} | {f['ms_per_token']:.1f} | "
+                     f"{f['ms_per_token'] / slow:.2f}x | {f['tokens']} | {f['searched_steps']} | "
+                     f"{f['changed_tokens']} |")
+    lines += ["", f"**Latency ratio** fused ({s['fused']['feed']} feeding) / slowest member alone "
+              f"({s['slowest_member']}): **{s['latency_ratio']:.2f}x** "
+              f"(target <= 1.3x: {ok['latency_ratio']}).",
+              "",
               "| peak RSS (MB) | value |", "|---|---|"]
     lines += [f"| {n} alone (own process) | {a['peak_rss_mb']:.0f} |"
               for n, a in s["alone_subprocess"].items()]
@@ -180,9 +252,17 @@ def _markdown(s: dict[str, Any]) -> str:
     if s["mode"] == "actors":
         lines.append(f"| of which the driver's object-store pages (shared with the actors, counted twice) | "
                      f"{s['shared_rss_mb_at_end']['driver']:.0f} |")
+    pss_ok = "meets" if s["memory_ratio_pss"] <= s["targets"]["memory_ratio"] else "MISSES"
     lines += ["",
-              f"**Memory ratio** fused / sum of members: **{s['memory_ratio']:.2f}x** "
+              f"**Memory ratio** fused / sum of members, peak RSS: **{s['memory_ratio']:.2f}x** "
               f"(target <= 1.2x: {ok['memory_ratio']}).", "",
+              "| peak PSS while decoding (MB; shared pages counted once) | value |", "|---|---|"]
+    lines += [f"| {n} alone (own process) | {a['peak_pss_mb']:.0f} |"
+              for n, a in s["alone_subprocess"].items()]
+    lines += [f"| sum of members alone | {s['sum_alone_peak_pss_mb']:.0f} |",
+              f"| fused setup, all its processes | {s['fused_peak_pss_mb']:.0f} |", "",
+              f"**Memory ratio** fused / sum of members, peak PSS: **{s['memory_ratio_pss']:.2f}x** "
+              f"(target <= 1.2x: {pss_ok}).", "",
               f"Load average {s['loadavg_before'][0]:.2f} -> {s['loadavg_after'][0]:.2f} "
               f"on {s['cpu_count']} cores; wall time {s['wall_s']} s.", ""]
     return "\n".join(lines)

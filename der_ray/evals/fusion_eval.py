@@ -90,6 +90,9 @@ class _PromptedRemote:
     def result(self, ref: Any, timeout_s: float | None = None) -> Any:
         return self.obj.result(ref, timeout_s)
 
+    def ready(self, ref: Any) -> bool:
+        return bool(self.obj.ready(ref))
+
 
 @dataclass(frozen=True)
 class MemberSpec:

@@ -67,6 +67,10 @@ class RemoteExpert:
     def result(self, ref: Any, timeout_s: float | None = None) -> Any:
         return resolve(self.name, ref, self.timeout_s if timeout_s is None else timeout_s)
 
+    def ready(self, ref: Any) -> bool:
+        """Whether a submitted call has finished (``result`` would not block)."""
+        return is_ready(ref)
+
     def call(self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
         return self.result(self.submit(method, *args, **kwargs), timeout_s)
 
@@ -74,6 +78,14 @@ class RemoteExpert:
         if method.startswith("_"):
             raise AttributeError(method)
         return lambda *args, **kwargs: self.call(method, *args, **kwargs)
+
+
+def is_ready(ref: Any) -> bool:
+    """Whether an ObjectRef's task has finished, without waiting."""
+    import ray
+
+    done, _ = ray.wait([ref], timeout=0)
+    return bool(done)
 
 
 def resolve(name: str, ref: Any, timeout_s: float) -> Any:

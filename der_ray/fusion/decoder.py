@@ -11,10 +11,13 @@ Contract: ``FusionDecoder(members, main=..., config=FusionConfig(...)).generate(
    ``torch.Generator`` seeded by ``seed``;
 4. the main member (and members with the same tokenizer) get the token id; the others get the new
    text through a ``TextFeeder`` (only the unstable tail is re-tokenised; the KV cache is rewound
-   only if a merge changed earlier ids).
-Main-only steps (the main member's own distribution decides): η <= 1e-6, the main member's argmax is
-EOS (official rule), or the main member is inside an incomplete character (the other members have not
-seen it yet). Stops at EOS, a stop string (cut from the text) or ``max_new_tokens``.
+   only if a merge changed earlier ids). The decoder waits only for the main member unless the next
+   step needs the others (it is not main-only, below); a member that falls behind catches up on all
+   the text it missed in one call (``FusionConfig.feed``: in parallel, or only when needed).
+Main-only steps (the main member's own distribution decides): η <= 1e-6, greedy decoding where no
+candidate can overtake the top-1, the main member's argmax is EOS (official rule), or the main member
+is inside an incomplete character (the other members have not seen it yet). Stops at EOS, a stop
+string (cut from the text) or ``max_new_tokens``.
 A member that times out or whose actor died raises ``ExpertTimeoutError``/``ExpertUnavailableError``;
 with ``on_member_timeout="degrade"`` a non-main member is instead dropped for the rest of the request,
 its weight redistributed, a warning logged and its name listed in ``FusionResult.degraded``.
@@ -70,6 +73,13 @@ class FusionConfig:
     on_member_timeout: Literal["raise", "degrade"] = "raise"
     member_timeout_s: float | None = None
     """Per call; None = each remote member's own timeout."""
+    feed: Literal["parallel", "lazy"] = "parallel"
+    """How the other members follow the main member's text. ``parallel``: each step they advance
+    alongside the main member, but the decoder waits for them only when the step needs their
+    distributions; one still busy with earlier text gets everything it missed in one call once free.
+    ``lazy`` (greedy decoding with ``skip_when_safe`` only; otherwise as ``parallel``): they advance only
+    when a step needs them, catching up in one call: fewest forward passes, and the lowest latency on
+    shared cores when the main member is the cheap one."""
     reuse_ids: bool = True
     """Members whose tokenizer equals the main member's receive its token ids instead of text."""
     tail_tokens: int = 2
@@ -85,6 +95,8 @@ class FusionConfig:
         if not self.lr >= 0 or not isinstance(self.steps, int) or self.steps < 0:
             raise ConfigError(f"fusion.lr must be >= 0 and fusion.steps a non-negative integer, "
                               f"got {self.lr!r}, {self.steps!r}")
+        if self.feed not in ("parallel", "lazy"):
+            raise ConfigError(f"fusion.feed must be parallel or lazy, got {self.feed!r}")
         if self.on_member_timeout not in ("raise", "degrade"):
             raise ConfigError("fusion.on_member_timeout must be raise or degrade, "
                               f"got {self.on_member_timeout!r}")
@@ -187,6 +199,12 @@ class _Run:
         self.n_prompt = [0] * self.n
         self.dists: list[TokenDist | None] = [None] * self.n
         self.feeders: list[TextFeeder | None] = [None] * self.n
+        # Members whose KV session lags the emitted text, the ids the id-fed ones have not got yet,
+        # and each member's call in flight (its answer is collected only when a step needs it).
+        self.behind: set[int] = set()
+        self.unsent: list[list[int]] = [[] for _ in range(self.n)]
+        self.inflight: list[Pending | None] = [None] * self.n
+        self.lazy = self.cfg.feed == "lazy" and temperature == 0 and self.cfg.skip_when_safe
         self.degraded: list[str] = []
         self.n_searched = self.n_changed = 0
 
@@ -271,6 +289,7 @@ class _Run:
                          t_max=self.cfg.t_max, eta_min_ratio=self.cfg.eta_min_ratio)))
         z = z0
         if not main_only:
+            self._catch_up(self.active)  # lagging members catch up before their distributions are read
             rows = self._rows()
             vectors = torch.stack([relative_vector(torch.tensor(self._dist(i)[1]), rows[i])
                                    for i in self.active])  # (N_active, A)
@@ -306,18 +325,52 @@ class _Run:
         return {i: self.d.rows[i].take(want[i], miss[i], embs[i]) for i in self.active if i in want}
 
     def _feed(self, token: int) -> None:
-        """Advance every active member past the chosen token (ids or text) in parallel."""
-        k = self.cfg.top_k
-        pend: list[Pending | None] = [None] * self.n
+        """Record the chosen token for every active member and advance them (see ``FusionConfig.feed``).
+
+        Only the main member is waited for: the others' answers are collected when a step needs them.
+        """
+        main = self.d.main
         for i in self.active:
-            m, sid, feeder = self.d.members[i], self.sids[i], self.feeders[i]
-            if feeder is None:
-                pend[i] = m.start("append_tokens", sid, [token], top_k=k)
+            self.unsent[i].append(token)
+            self.behind.add(i)
+        start = [main]
+        if not self.lazy:  # members still busy with earlier text get all they missed when free
+            free = [i for i, p in ((i, self.inflight[i]) for i in self.active)
+                    if i != main and (p is None or self.d.members[i].ready(p))]
+            self._finish(free)
+            start += free
+        self._submit(start)
+        self._finish([main])
+
+    def _catch_up(self, members: Sequence[int]) -> None:
+        """Bring the members' sessions and distributions up to all the emitted text."""
+        self._finish(members)
+        self._submit(members)
+        self._finish(members)
+
+    def _submit(self, members: Sequence[int]) -> None:
+        """Start feeding each given member that lags the text (ids or text delta) what it lacks."""
+        k = self.cfg.top_k
+        for i in members:
+            if i not in self.behind or i not in self.active:
                 continue
-            n_keep, new = feeder.update(self.detok.text)
-            if new or n_keep < len(feeder.ids):
-                pos = self.n_prompt[i] - feeder.window_len + n_keep
-                pend[i] = m.start("replace_tokens", sid, pos, new, top_k=k)
+            m, sid, feeder = self.d.members[i], self.sids[i], self.feeders[i]
+            assert self.inflight[i] is None  # one call per member at a time: sessions are ordered
+            if feeder is None:
+                self.inflight[i] = m.start("append_tokens", sid, self.unsent[i], top_k=k)
+            else:
+                n_keep, new = feeder.update(self.detok.text)
+                if new or n_keep < len(feeder.ids):
+                    pos = self.n_prompt[i] - feeder.window_len + n_keep
+                    self.inflight[i] = m.start("replace_tokens", sid, pos, new, top_k=k)
+            self.unsent[i] = []
+            self.behind.discard(i)
+
+    def _finish(self, members: Sequence[int]) -> None:
+        """Wait for the given members' calls in flight and keep their new distributions."""
+        pend = [self.inflight[i] if i in members else None for i in range(self.n)]
+        for i in members:
+            self.inflight[i] = None
         for i, st in enumerate(self._gather(pend)):
             if st is not None and i in self.active:
                 self.dists[i] = st.dist

@@ -4,9 +4,10 @@ Contract: ``Member`` wraps an ``HFExpert`` (calls run in this process on the mem
 thread, in order, so different members' forward passes overlap: torch releases the GIL in its
 kernels) or a ``RemoteExpert`` (anything whose class defines ``submit`` and ``result``: calls are
 started on every member first and awaited afterwards, so the members compute in parallel; a late
-answer is ``ExpertTimeoutError``). Nothing here imports Ray. ``member_tokenizer`` gives the coordinator a
-tokenizer for the member: the object's own for a local expert, else rebuilt from
-``tokenizer_files()`` (a few MB of files, no model weights; one tokenizer per distinct file set).
+answer is ``ExpertTimeoutError``; an optional ``ready(ref)`` says whether a call has finished).
+Nothing here imports Ray. ``member_tokenizer`` gives the coordinator a tokenizer for the member: the
+object's own for a local expert, else rebuilt from ``tokenizer_files()`` (a few MB of files, no model
+weights; one tokenizer per distinct file set).
 Step API used: ``open_session, append_tokens, replace_tokens, session_token_ids, close_session,
 vocabulary, input_embeddings, tokenizer_files``.
 """
@@ -68,6 +69,14 @@ class Member:
         except FutureTimeout:
             raise ExpertTimeoutError(
                 f"member {self.name!r} did not answer within {self.timeout_s} s") from None
+
+    def ready(self, pending: Pending) -> bool:
+        """Whether a started call has finished; False when a remote member cannot tell."""
+        if self.remote:
+            ready = getattr(self.obj, "ready", None)
+            return bool(ready(pending.ref)) if callable(ready) else False
+        assert pending.future is not None
+        return pending.future.done()
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self.finish(self.start(method, *args, **kwargs))

@@ -1,6 +1,7 @@
 """``SessionHosts``: a fusion member backed by an expert *deployment*, with sticky KV-cache sessions.
 
-``FusionDecoder`` drives members through ``submit(method, ...)`` / ``result(ref, timeout)`` (see
+``FusionDecoder`` drives members through ``submit(method, ...)`` / ``result(ref, timeout)`` /
+``ready(ref)`` (see
 ``der_ray.fusion.members.Member``). Serve would balance each of those calls on its own, and a
 session's cache exists on one replica only. So:
 - ``open_session`` asks the deployment for a host (``ExpertDeployment.session_host``: Serve picks the
@@ -75,6 +76,11 @@ class SessionHosts:
             host = host if host is not None else self._new_host()
         sid = kwargs["session_id"] if method == "open_session" else None
         return _Call(host, getattr(host, method).remote(*args, **kwargs), method, sid)
+
+    def ready(self, call: _Call) -> bool:
+        from der_ray.experts.actors import is_ready
+
+        return call.ref is None or is_ready(call.ref)
 
     def result(self, call: _Call, timeout_s: float | None = None) -> Any:
         from der_ray.experts.actors import resolve

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -147,3 +148,58 @@ def test_payloads_stay_small(fused):
     rows = fused.rows[1]
     assert rows.n_anchors == len(fused.anchors) and rows.hits > rows.misses  # rows are reused
     assert np.isfinite(rows.anchor_unit.numpy()).all()
+
+
+class _Counting:
+    """A member that counts its step calls, optionally taking ``delay_s`` longer for each."""
+
+    def __init__(self, inner: HFExpert, delay_s: float = 0.0) -> None:
+        self.inner, self.name, self.calls, self.delay_s = inner, inner.name, 0, delay_s
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if name not in ("append_tokens", "replace_tokens"):
+            return attr
+
+        def call(*args, **kwargs):
+            self.calls += 1
+            time.sleep(self.delay_s)
+            return attr(*args, **kwargs)
+        return call
+
+
+@pytest.mark.parametrize("lr", [0.5, 0.02])
+def test_feeding_schedules_give_the_same_tokens(chat, base, lr):
+    """``lazy`` calls the partner only for steps that need it; both schedules emit the same tokens."""
+    runs = {}
+    for feed in ("parallel", "lazy"):
+        partner = _Counting(base)
+        dec = FusionDecoder([chat, partner], config=FusionConfig(lr=lr, feed=feed))
+        runs[feed] = ([dec.generate(p, max_new_tokens=16) for p in PROMPTS], partner.calls)
+    (par, _), (lazy, lazy_calls) = runs["parallel"], runs["lazy"]
+    assert [r.token_ids for r in lazy] == [r.token_ids for r in par]
+    assert [r.n_searched for r in lazy] == [r.n_searched for r in par]
+    searched, steps = sum(r.n_searched for r in lazy), sum(len(r.token_ids) - 1 for r in lazy)
+    assert lazy_calls <= searched
+    if lr < 0.1:  # most steps are the main member's alone
+        assert searched < steps // 2
+    # sampling needs every member every step: lazy falls back to parallel there
+    s = [FusionDecoder([chat, base], config=FusionConfig(lr=lr, feed=f)).generate(
+        PROMPTS[0], max_new_tokens=12, temperature=1.0, seed=3).token_ids for f in ("parallel", "lazy")]
+    assert s[0] == s[1]
+
+
+def test_a_slow_member_catches_up_in_batches(chat, base):
+    """In parallel feeding a partner still busy gets the text it missed in one call, and the decoder
+    does not wait for it on steps the main member decides alone: same tokens, far fewer calls."""
+    cfg = FusionConfig(lr=0.02)
+    reference = FusionDecoder([chat, base], config=cfg).generate(PROMPTS[0], max_new_tokens=16)
+    slow = _Counting(base, delay_s=0.2)
+    out = FusionDecoder([chat, slow], config=cfg).generate(PROMPTS[0], max_new_tokens=16)
+    assert out.token_ids == reference.token_ids
+    assert slow.calls <= (len(out.token_ids) - 1) // 2
+
+
+def test_feed_mode_is_validated():
+    with pytest.raises(ConfigError, match="fusion.feed"):
+        FusionConfig(feed="sometimes")
