@@ -29,7 +29,13 @@ import numpy as np
 from der_ray.errors import ExpertTimeoutError
 
 EMBEDDING_CHUNK = 8192
-"""Ids per ``input_embeddings`` call when fetching many rows (keeps each payload under ~30 MB)."""
+"""Ids per ``input_embeddings`` call to a local member (bounds the temporary float32 copy)."""
+INLINE_BYTES = 90_000
+"""Largest reply from a remote member: Ray returns values under 100 KiB inside the reply itself. A
+larger one goes through the shared-memory object store, whose pages then stay resident in both the
+coordinator and the actor (for anchor embeddings, 140 MB counted twice)."""
+IN_FLIGHT = 16
+"""Remote embedding calls started ahead of the one being copied."""
 
 
 @dataclass
@@ -82,18 +88,25 @@ class Member:
         return self.finish(self.start(method, *args, **kwargs))
 
     def embeddings(self, ids: Sequence[int]) -> np.ndarray:
-        """``(len(ids), d)`` float32 input-embedding rows, fetched in chunks."""
+        """``(len(ids), d)`` float32 input-embedding rows, fetched in chunks into one array (a list of
+        chunks plus their concatenation would hold the whole matrix twice at the coordinator's peak)."""
         ids = [int(i) for i in ids]
-        out: np.ndarray | None = None
-        # Filled chunk by chunk into one array: a list of chunks plus their concatenation would hold
-        # the whole (A, d) matrix twice at the coordinator's peak.
-        for i in range(0, len(ids), EMBEDDING_CHUNK):
-            part = np.asarray(self.call("input_embeddings", ids[i:i + EMBEDDING_CHUNK]), dtype=np.float32)
-            if out is None:
-                out = np.empty((len(ids), part.shape[1]), np.float32)
+        if not ids:
+            return np.zeros((0, 0), np.float32)
+        first = np.asarray(self.call("input_embeddings", ids[:1]), dtype=np.float32)  # (1, d)
+        out = np.empty((len(ids), first.shape[1]), np.float32)
+        out[0] = first[0]
+        step = max(1, INLINE_BYTES // (4 * out.shape[1])) if self.remote else EMBEDDING_CHUNK
+        starts = list(range(1, len(ids), step))
+        pending = [self.start("input_embeddings", ids[i:i + step]) for i in starts[:IN_FLIGHT]]
+        for n, i in enumerate(starts):
+            if n + IN_FLIGHT < len(starts):
+                j = starts[n + IN_FLIGHT]
+                pending.append(self.start("input_embeddings", ids[j:j + step]))
+            part = self.finish(pending[n])
+            pending[n] = Pending()  # drop the reply once copied
             out[i:i + len(part)] = part
-            del part  # releases the object-store buffer before the next chunk arrives
-        return out if out is not None else np.zeros((0, 0), np.float32)
+        return out
 
 
 def member_tokenizer(member: Member) -> Any:

@@ -12,8 +12,10 @@ import torch
 from der_ray.config import pool_from_dict
 from der_ray.errors import ConfigError, ExpertTimeoutError
 from der_ray.experts.hf import HFExpert
+from der_ray.fusion import members
 from der_ray.fusion.decoder import FusionConfig, FusionDecoder
 from der_ray.fusion.inverse import inverse_search
+from der_ray.fusion.members import Member
 from der_ray.fusion.relative import dense_relative_matrix, relative_vector
 
 PROMPTS = ["What is 2+2?", "Name a capital city"]
@@ -203,3 +205,34 @@ def test_a_slow_member_catches_up_in_batches(chat, base):
 def test_feed_mode_is_validated():
     with pytest.raises(ConfigError, match="fusion.feed"):
         FusionConfig(feed="sometimes")
+
+
+class _FakeRemote:
+    """The remote call interface (submit/result/ready) over a local expert, recording reply sizes."""
+
+    def __init__(self, inner: HFExpert) -> None:
+        self.inner, self.name, self.reply_bytes = inner, inner.name, []
+
+    def submit(self, method, *args, **kwargs):
+        out = getattr(self.inner, method)(*args, **kwargs)
+        if method == "input_embeddings":
+            self.reply_bytes.append(out.nbytes)
+        return out
+
+    def result(self, ref, timeout_s=None):
+        return ref
+
+    def ready(self, ref):
+        return True
+
+
+def test_remote_embeddings_come_in_replies_small_enough_to_skip_the_object_store(chat, monkeypatch):
+    ids = list(range(len(chat.vocabulary().tokens)))[::-1]
+    d = chat.input_embeddings([0]).shape[1]
+    monkeypatch.setattr(members, "INLINE_BYTES", 4 * d * 10)  # ten rows per reply
+    remote = _FakeRemote(chat)
+    member = Member(remote)
+    got = member.embeddings(ids)
+    assert np.array_equal(got, chat.input_embeddings(ids))
+    assert max(remote.reply_bytes) <= members.INLINE_BYTES and len(remote.reply_bytes) >= len(ids) // 10
+    assert member.embeddings([]).shape == (0, 0)
