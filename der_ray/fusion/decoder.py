@@ -119,6 +119,9 @@ class FusionResult:
     """Steps where fusion chose another token than the main member's argmax."""
     degraded: tuple[str, ...]
     latency_s: float
+    member_steps: tuple[int, ...] = ()
+    """Forward calls per member (prompt included): fewer than tokens + 1 for a member that caught up
+    on several tokens at once."""
 
 
 class FusionDecoder:
@@ -153,6 +156,13 @@ class FusionDecoder:
         for choosing η on dev rows as the paper does without rebuilding anything."""
         other = copy.copy(self)
         other.cfg = dataclasses.replace(self.cfg, lr=lr)
+        return other
+
+    def fork(self) -> FusionDecoder:
+        """Another decoder over the same members, anchors and tokenizers with its own relative-row
+        caches: a decoder serves one request at a time, and concurrent requests each need one."""
+        other = copy.copy(self)
+        other.rows = [r.fresh() for r in self.rows]
         return other
 
     def _all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
@@ -209,6 +219,7 @@ class _Run:
         self.lazy = self.cfg.feed == "lazy" and temperature == 0 and self.cfg.skip_when_safe
         self.degraded: list[str] = []
         self.n_searched = self.n_changed = 0
+        self.steps = [0] * self.n
 
     def _gather(self, pendings: list[Pending | None]) -> list[Any]:
         """Results per member; failures raise or, by policy, drop the member (never silently)."""
@@ -235,6 +246,7 @@ class _Run:
         for i, st in enumerate(states):
             if st is not None:
                 self.sids[i], self.n_prompt[i], self.dists[i] = st.session_id, st.n_tokens, st.dist
+                self.steps[i] += 1
         need = [i for i in self.active if i == self.d.main or not self.d.same_as_main[i]]
         tails = self._gather([ms[i].start("session_token_ids", self.sids[i], last=PROMPT_TAIL)
                               if i in need else None for i in range(self.n)])
@@ -273,7 +285,8 @@ class _Run:
         text = tok.decode([i for i in ids if i not in eos], skip_special_tokens=True)
         cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
         return FusionResult(text[:cut] if cut >= 0 else text, tuple(ids), finish, self.n_prompt[main],
-                            self.n_searched, self.n_changed, tuple(self.degraded), time.perf_counter() - t0)
+                            self.n_searched, self.n_changed, tuple(self.degraded), time.perf_counter() - t0,
+                            tuple(self.steps))
 
     def _choose(self, eos: set[int]) -> int:
         main = self.d.main
@@ -365,6 +378,8 @@ class _Run:
                 if new or n_keep < len(feeder.ids):
                     pos = self.n_prompt[i] - feeder.window_len + n_keep
                     self.inflight[i] = m.start("replace_tokens", sid, pos, new, top_k=k)
+            if self.inflight[i] is not None:
+                self.steps[i] += 1
             self.unsent[i] = []
             self.behind.discard(i)
 

@@ -18,6 +18,7 @@ Imports: torch, numpy, core.
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -119,6 +120,13 @@ class RelativeRows:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def fresh(self) -> RelativeRows:
+        """An empty cache over the same (shared, read-only) anchor embeddings."""
+        other = copy.copy(self)
+        other._rows = OrderedDict()
+        other.hits = other.misses = 0
+        return other
 
     def missing(self, ids: Sequence[int]) -> list[int]:
         """The distinct ids whose rows are not cached, in first-seen order."""

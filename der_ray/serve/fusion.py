@@ -1,12 +1,12 @@
 """``FusionDeployment``: the DeePEn token-level fusion graph over expert deployments.
 
-The decoding is ``der_ray.fusion.decoder.FusionDecoder``'s; its members are ``SessionHosts``
-adapters, so each request's KV-cache sessions stay on one model actor per member (see
-``serve.sessions``) while different requests spread over the expert replicas. A decoder keeps
-per-member caches (relative rows) that are not thread-safe, so the deployment holds a small pool of
-decoders built lazily (vocabularies and anchors are fetched once per decoder) and *leases* one per
-request, released in ``finally``. Decoding is synchronous and runs on worker threads; streaming
-hands every emitted token's text to the event loop through a queue (stop strings are held back by
+The decoding is ``der_ray.fusion.decoder.FusionDecoder``'s; its members are ``SessionHosts`` adapters, so
+each request's KV-cache sessions stay on one model actor per member (see ``serve.sessions``) while
+different requests spread over the expert replicas. A decoder keeps per-member caches (relative rows)
+that are not thread-safe, so the deployment holds a small pool of decoders built lazily (the first
+fetches vocabularies and anchor embeddings; the others are its ``fork``s, sharing them) and *leases* one
+per request, released in ``finally``. Decoding is synchronous and runs on worker threads; streaming hands
+every emitted token's text to the event loop through a queue (stop strings are held back by
 ``StopCutter`` so a client never sees one). Imports: core, fusion.decoder, serve.*, ray.serve.
 """
 
@@ -54,6 +54,7 @@ class FusionDeployment:
         # At most ``max_workers`` decodes run at once, so at most that many decoders are ever built.
         self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._built = 0
+        self._first: Any = None
         self._build_lock = threading.Lock()
         self.max_workers = max_workers
         self._workers = ThreadPoolExecutor(max_workers, thread_name_prefix="fusion")
@@ -66,9 +67,13 @@ class FusionDeployment:
             pass
         from der_ray.fusion.decoder import FusionDecoder
 
-        with self._build_lock:  # at most one build at a time: each fetches vocabularies once
+        with self._build_lock:  # one build; later decoders share its anchors and tokenizers
             self._built += 1
-            return FusionDecoder(self.hosts, main=self.main, config=self.fusion_cfg, names=self.members)
+            if self._first is None:
+                self._first = FusionDecoder(self.hosts, main=self.main, config=self.fusion_cfg,
+                                            names=self.members)
+                return self._first
+            return self._first.fork()
 
     def _run(self, req: GenerationRequest, on_text: Any = None) -> Completion:
         dec = self._lease()
@@ -83,7 +88,7 @@ class FusionDeployment:
         meta = {
             "graph": "fusion", "route": members, "main": self.main,
             "experts_per_step": [members] * n if n <= 64 else {"members": members, "steps": n},
-            "cost": {"calls": n * len(members), "params_b": round(sum(self.pool.expert(m).params_b
+            "cost": {"calls": sum(res.member_steps), "params_b": round(sum(self.pool.expert(m).params_b
                                                                        for m in members), 6),
                      "completion_tokens": n},
             "fusion": {"searched": res.n_searched, "changed": res.n_changed, "degraded": list(res.degraded)},

@@ -155,6 +155,26 @@ def test_batching_under_concurrency(serve_app):  # type: ignore[no-untyped-def]
     assert max(info["batch_sizes"]) > 1  # concurrent requests shared a generate call
 
 
+def test_concurrent_fusion_requests_lease_forked_decoders(serve_app):  # type: ignore[no-untyped-def]
+    """Concurrent greedy fusions answer as a lone one does; the replica builds one decoder and forks
+    the rest (shared anchors), at most one per worker; the cost counts the members' forward calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    body = {"model": "deepen-fusion", "prompt": "Question: Name a colour.\nAnswer:", "max_tokens": 6}
+    code, _, alone = _post(f"{serve_app}/v1/completions", body)
+    assert code == 200
+    with ThreadPoolExecutor(4) as ex:
+        outs = list(ex.map(lambda _: _post(f"{serve_app}/v1/completions", body), range(4)))
+    assert [o[0] for o in outs] == [200] * 4
+    assert {o[2]["choices"][0]["text"] for o in outs} == {alone["choices"][0]["text"]}
+    meta, n = alone["der_ray"], alone["usage"]["completion_tokens"]
+    assert len(meta["route"]) <= meta["cost"]["calls"] <= len(meta["route"]) * (n + 1)
+    info = serve.get_deployment_handle("Fusion", app_name="der_ray").info.remote().result()
+    assert 1 <= info["decoders_built"] <= 2
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 def test_malformed_requests_over_http(serve_app):  # type: ignore[no-untyped-def]

@@ -178,7 +178,10 @@ def test_feeding_schedules_give_the_same_tokens(chat, base, lr):
         partner = _Counting(base)
         dec = FusionDecoder([chat, partner], config=FusionConfig(lr=lr, feed=feed))
         runs[feed] = ([dec.generate(p, max_new_tokens=16) for p in PROMPTS], partner.calls)
-    (par, _), (lazy, lazy_calls) = runs["parallel"], runs["lazy"]
+    (par, par_calls), (lazy, lazy_calls) = runs["parallel"], runs["lazy"]
+    for outs, calls in ((par, par_calls), (lazy, lazy_calls)):  # the result counts every forward call
+        assert sum(r.member_steps[1] for r in outs) == calls + len(PROMPTS)  # + each prompt
+        assert all(r.member_steps[0] == len(r.token_ids) for r in outs)  # main: prompt + all but the last
     assert [r.token_ids for r in lazy] == [r.token_ids for r in par]
     assert [r.n_searched for r in lazy] == [r.n_searched for r in par]
     searched, steps = sum(r.n_searched for r in lazy), sum(len(r.token_ids) - 1 for r in lazy)
@@ -236,3 +239,12 @@ def test_remote_embeddings_come_in_replies_small_enough_to_skip_the_object_store
     assert np.array_equal(got, chat.input_embeddings(ids))
     assert max(remote.reply_bytes) <= members.INLINE_BYTES and len(remote.reply_bytes) >= len(ids) // 10
     assert member.embeddings([]).shape == (0, 0)
+
+
+def test_forked_decoders_share_anchors_not_caches(fused):
+    twin = fused.fork()
+    assert all(a.anchor_unit is b.anchor_unit for a, b in zip(twin.rows, fused.rows, strict=True))
+    assert all(a._rows is not b._rows for a, b in zip(twin.rows, fused.rows, strict=True))
+    assert len(twin.rows[0]) == 0 and twin.tokenizers == fused.tokenizers
+    assert twin.generate(PROMPTS[1], max_new_tokens=8).token_ids == fused.generate(
+        PROMPTS[1], max_new_tokens=8).token_ids
