@@ -9,8 +9,9 @@ One run measures, on the same prompts and greedy decoding (``--tokens`` new toke
   uses) and the fusion of all members (``FusionDecoder``) with each feeding schedule
   (``FusionConfig.feed``: ``parallel``, the default, and ``lazy``), in the same process after a
   warm-up (one untimed pass over the prompts, so both schedules find the relative-row cache warm);
-  ms/token = total generate time (prefill included) / tokens emitted; ratio = fused (the default
-  schedule) / slowest member.
+  ms/token = total generate time (prefill included) / tokens emitted. ``--rounds`` rounds each time
+  every system in turn (load on a shared machine drifts within minutes); the ratio fused (default
+  schedule) / slowest member is taken per round and its median reported.
 - memory: peak RSS (``VmHWM``) of the fused setup (this process; with ``--actors`` also every actor
   process) vs the sum of each member's peak RSS alone, each measured in its own fresh subprocess that
   loads the member and runs the same prompts. RSS counts a shared page once per process that maps it
@@ -28,6 +29,7 @@ import copy
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -90,8 +92,13 @@ class PeakPss:
         self.peak_mb = max(self.peak_mb, sum(pss_mb(p) for p in self.pids))
 
 
+def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several ``_timed`` results of one decoder as one."""
+    out = {k: sum(p[k] for p in parts) for k in ("tokens", "seconds", "changed_tokens", "searched_steps")}
+    return {**out, "ms_per_token": 1000 * out["seconds"] / max(out["tokens"], 1)}
+
+
 def _timed(decoder: Any, prompts: list[str], tokens: int) -> dict[str, Any]:
-    decoder.generate(prompts[0], max_new_tokens=4)  # warm-up
     lat, n, changed, searched = 0.0, 0, 0, 0
     for p in prompts:
         r = decoder.generate(p, max_new_tokens=tokens)
@@ -111,7 +118,9 @@ def child(name: str, prompts: list[str], tokens: int, threads: int) -> None:
     set_threads(threads)
     expert = HFExpert(load_pool_config().expert(name))
     with PeakPss([os.getpid()]) as pss:  # from after loading, as in the fused setup
-        res = _timed(SoloDecoder(expert, name=name), prompts, tokens)
+        solo = SoloDecoder(expert, name=name)
+        solo.generate(prompts[0], max_new_tokens=4)  # warm-up
+        res = _timed(solo, prompts, tokens)
     print(json.dumps({**res, "name": name, "peak_rss_mb": vm_hwm_mb(), "peak_pss_mb": pss.peak_mb}))
 
 
@@ -127,9 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--members", nargs="*", default=DEFAULT_MEMBERS)
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--prompts", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds of every system in turn")
     p.add_argument("--threads", type=int, default=2, help="torch threads of this process and children")
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--main", help="the main member (default: the first of --members)")
+    p.add_argument("--anchor-dtype", choices=["float32", "float16"],
+                   help="FusionConfig.anchor_dtype (default: the config's, float16)")
     p.add_argument("--actors", action="store_true", help="members as expert actors (parallel steps)")
     p.add_argument("--output-dir", default=str(OUT))
     p.add_argument("--name", default="fusion_latency")
@@ -170,21 +182,33 @@ def main(argv: list[str] | None = None) -> int:
     pss = PeakPss([os.getpid(), *actor_pids.values()])
     try:
         pss.__enter__()
-        alone = {n: _timed(SoloDecoder(objs[n], name=n, top_k=args.top_k), prompts, args.tokens)
-                 for n in args.members}
+        solo = {n: SoloDecoder(objs[n], name=n, top_k=args.top_k) for n in args.members}
         main_name = args.main or args.members[0]
         cfg = FusionConfig(top_k=args.top_k, anchor_dir=str(cache_dir() / "anchors"))
+        if args.anchor_dtype:
+            cfg = dataclasses.replace(cfg, anchor_dtype=args.anchor_dtype)
         t0 = time.perf_counter()
         fusion = FusionDecoder([objs[n] for n in args.members], main=main_name, config=cfg,
                                names=args.members)
         setup_s = time.perf_counter() - t0
-        for prompt in prompts:
+        for d in solo.values():
+            d.generate(prompts[0], max_new_tokens=4)  # warm-up
+        for prompt in prompts:  # warm-up that also fills the relative-row cache
             fusion.generate(prompt, max_new_tokens=args.tokens)
-        schedules = {}
+        decoders: dict[str, Any] = {f"alone:{n}": d for n, d in solo.items()}
         for feed in ("parallel", "lazy"):
             dec = copy.copy(fusion)  # same members, anchors and row caches
             dec.cfg = dataclasses.replace(cfg, feed=feed)
-            schedules[feed] = _timed(dec, prompts, args.tokens)
+            decoders[f"fused:{feed}"] = dec
+        # Rounds of every system in turn: load on the shared machine drifts, so each round's
+        # ratio compares measurements minutes apart at most, and the median of the rounds is reported.
+        rounds = [{k: _timed(d, prompts, args.tokens) for k, d in decoders.items()}
+                  for _ in range(args.rounds)]
+        alone = {n: _merge([r[f"alone:{n}"] for r in rounds]) for n in args.members}
+        schedules = {feed: _merge([r[f"fused:{feed}"] for r in rounds]) for feed in ("parallel", "lazy")}
+        slowest = max(alone, key=lambda n: alone[n]["ms_per_token"])
+        by_round = {feed: [r[f"fused:{feed}"]["ms_per_token"] / r[f"alone:{slowest}"]["ms_per_token"]
+                           for r in rounds] for feed in schedules}
         fused = {**schedules[cfg.feed], "feed": cfg.feed, "setup_s": setup_s,
                  "anchors": len(fusion.anchors.ids[0]), "main": main_name}
         rss = {"driver": vm_hwm_mb(), **{f"actor:{n}": vm_hwm_mb(pid) for n, pid in actor_pids.items()}}
@@ -195,16 +219,16 @@ def main(argv: list[str] | None = None) -> int:
             experts.shutdown()
             if started:
                 ray.shutdown()
-    slowest = max(alone, key=lambda n: alone[n]["ms_per_token"])
     fused_rss, sum_alone = sum(rss.values()), sum(a["peak_rss_mb"] for a in alone_sub.values())
     sum_pss = sum(a["peak_pss_mb"] for a in alone_sub.values())
     summary = {
         "members": args.members, "mode": "actors" if args.actors else "local", "tokens": args.tokens,
-        "prompts": prompts, "threads": args.threads, "top_k": args.top_k,
+        "prompts": prompts, "threads": args.threads, "top_k": args.top_k, "anchor_dtype": cfg.anchor_dtype,
         "alone": alone, "alone_subprocess": alone_sub, "fused": fused, "fused_by_feed": schedules,
-        "slowest_member": slowest, "latency_ratio": fused["ms_per_token"] / alone[slowest]["ms_per_token"],
-        "latency_ratio_by_feed": {k: v["ms_per_token"] / alone[slowest]["ms_per_token"]
-                                  for k, v in schedules.items()},
+        "slowest_member": slowest, "rounds": args.rounds,
+        "latency_ratio": statistics.median(by_round[fused["feed"]]),
+        "latency_ratio_by_feed": {k: statistics.median(v) for k, v in by_round.items()},
+        "latency_ratio_rounds": by_round,
         "peak_rss_mb": rss, "shared_rss_mb_at_end": shared, "fused_peak_rss_mb": fused_rss,
         "sum_alone_peak_rss_mb": sum_alone,
         "memory_ratio": fused_rss / sum_alone, "targets": {"latency_ratio": 1.3, "memory_ratio": 1.2},
@@ -226,21 +250,23 @@ def _markdown(s: dict[str, Any]) -> str:
     lines = [f"# DeePEn fusion latency and memory ({', '.join(s['members'])}; {s['mode']})", "",
              f"{len(s['prompts'])} prompts x up to {s['tokens']} greedy tokens, top-k {s['top_k']}, "
              f"{s['threads']} torch threads, main member {s['fused']['main']}, "
-             f"{s['fused']['anchors']} anchors (decoder setup {s['fused']['setup_s']:.1f} s, "
-             "not in ms/token).", "",
-             "| decoding | ms/token | vs slowest alone | tokens | searched steps | changed tokens |",
+             f"{s['fused']['anchors']} anchors in {s.get('anchor_dtype', 'float32')} "
+             f"(decoder setup {s['fused']['setup_s']:.1f} s, not in ms/token); {s['rounds']} rounds, "
+             "each timing every system in turn.", "",
+             "| decoding | ms/token, all rounds | vs slowest alone, median of rounds (each round) | tokens "
+             "| searched steps | changed tokens |",
              "|---|---|---|---|---|---|"]
-    slow = s["alone"][s["slowest_member"]]["ms_per_token"]
     for n, a in s["alone"].items():
-        lines.append(f"| {n} alone | {a['ms_per_token']:.1f} | {a['ms_per_token'] / slow:.2f}x "
-                     f"| {a['tokens']} | - | - |")
+        lines.append(f"| {n} alone | {a['ms_per_token']:.1f} | "
+                     f"{'1.00x' if n == s['slowest_member'] else '-'} | {a['tokens']} | - | - |")
     for feed, f in s["fused_by_feed"].items():
         default = " (default)" if feed == s["fused"]["feed"] else ""
+        each = ", ".join(f"{r:.2f}" for r in s["latency_ratio_rounds"][feed])
         lines.append(f"| fused, {feed} feeding{default} | {f['ms_per_token']:.1f} | "
-                     f"{f['ms_per_token'] / slow:.2f}x | {f['tokens']} | {f['searched_steps']} | "
-                     f"{f['changed_tokens']} |")
+                     f"{s['latency_ratio_by_feed'][feed]:.2f}x ({each}) | {f['tokens']} | "
+                     f"{f['searched_steps']} | {f['changed_tokens']} |")
     lines += ["", f"**Latency ratio** fused ({s['fused']['feed']} feeding) / slowest member alone "
-              f"({s['slowest_member']}): **{s['latency_ratio']:.2f}x** "
+              f"({s['slowest_member']}), median of rounds: **{s['latency_ratio']:.2f}x** "
               f"(target <= 1.3x: {ok['latency_ratio']}).",
               "",
               "| peak RSS (MB) | value |", "|---|---|"]

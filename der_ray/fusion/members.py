@@ -35,7 +35,7 @@ INLINE_BYTES = 90_000
 larger one goes through the shared-memory object store, whose pages then stay resident in both the
 coordinator and the actor (for anchor embeddings, 140 MB counted twice)."""
 IN_FLIGHT = 16
-"""Remote embedding calls started ahead of the one being copied."""
+"""Remote embedding calls started ahead of the one being copied (replies are small)."""
 
 
 @dataclass
@@ -96,12 +96,15 @@ class Member:
         first = np.asarray(self.call("input_embeddings", ids[:1]), dtype=np.float32)  # (1, d)
         out = np.empty((len(ids), first.shape[1]), np.float32)
         out[0] = first[0]
-        step = max(1, INLINE_BYTES // (4 * out.shape[1])) if self.remote else EMBEDDING_CHUNK
+        # Remote: many small replies, several in flight. Local: big chunks, one computed ahead (a
+        # finished local call holds its whole chunk until it is copied).
+        step, ahead = ((max(1, INLINE_BYTES // (4 * out.shape[1])), IN_FLIGHT) if self.remote
+                       else (EMBEDDING_CHUNK, 1))
         starts = list(range(1, len(ids), step))
-        pending = [self.start("input_embeddings", ids[i:i + step]) for i in starts[:IN_FLIGHT]]
+        pending = [self.start("input_embeddings", ids[i:i + step]) for i in starts[:ahead]]
         for n, i in enumerate(starts):
-            if n + IN_FLIGHT < len(starts):
-                j = starts[n + IN_FLIGHT]
+            if n + ahead < len(starts):
+                j = starts[n + ahead]
                 pending.append(self.start("input_embeddings", ids[j:j + step]))
             part = self.finish(pending[n])
             pending[n] = Pending()  # drop the reply once copied

@@ -13,6 +13,8 @@ rows instead would cost k x |A| floats (~3 MB at |A| = 38k) per step, and comput
 vector inside the member would put fusion maths into the experts layer and still require the main
 member's candidate rows on the coordinator for the inverse. Tokens repeat from step to step, so after a
 few steps most rows are cache hits. On GPUs the same functions can run inside the actors unchanged.
+The unit anchor embeddings may be stored in float16 (half the coordinator's largest structure; the
+cosines are still computed in float32).
 Imports: torch, numpy, core.
 """
 
@@ -41,18 +43,34 @@ def unit_rows_(emb: torch.Tensor) -> torch.Tensor:
     return emb.div_(torch.linalg.vector_norm(emb, dim=-1, keepdim=True).clamp_min(1e-12))
 
 
+ANCHOR_CHUNK = 2048
+"""Anchors upcast at a time when they are stored in float16 (bounds the float32 buffer)."""
+
+
 def relative_rows(emb: torch.Tensor, anchor_unit: torch.Tensor, *,
                   temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
     """Relative-representation rows of some tokens.
 
     Args:
         emb: ``(k, d)`` input embeddings of the tokens.
-        anchor_unit: ``(A, d)`` unit-normalised input embeddings of the anchors (``unit_rows``).
+        anchor_unit: ``(A, d)`` unit-normalised input embeddings of the anchors (``unit_rows``), float32
+            or float16 (upcast chunk by chunk: CPUs without float16 matrix units have no fast kernel).
         temperature: the softmax multiplier (the paper's 100).
     Returns:
         ``(k, A)`` float32, rows strictly positive summing to 1.
     """
-    cos = unit_rows(emb) @ anchor_unit.T  # (k, A) cosine similarities
+    u = unit_rows(emb)  # (k, d)
+    if anchor_unit.dtype == torch.float32:
+        cos = u @ anchor_unit.T  # (k, A) cosine similarities
+    else:  # one small float32 buffer, results written in place: no per-chunk temporaries to fragment the heap
+        n_anchors = anchor_unit.shape[0]
+        cos_t = torch.empty(n_anchors, u.shape[0])  # (A, k)
+        buf = torch.empty(min(ANCHOR_CHUNK, n_anchors), u.shape[1])  # (chunk, d)
+        for i in range(0, n_anchors, ANCHOR_CHUNK):
+            part = buf[:min(ANCHOR_CHUNK, n_anchors - i)]
+            part.copy_(anchor_unit[i:i + len(part)])
+            torch.matmul(part, u.T, out=cos_t[i:i + len(part)])
+        cos = cos_t.T  # (k, A)
     cos = F.normalize(cos, dim=-1, eps=1e-12)  # (k, A) row L2 normalisation ("degeneration" fix)
     return torch.softmax(temperature * cos, dim=-1)  # (k, A)
 
@@ -102,16 +120,19 @@ class RelativeRows:
     """
 
     def __init__(self, anchor_emb: np.ndarray | torch.Tensor, *, temperature: float = DEFAULT_TEMPERATURE,
-                 cache_mb: float = 256.0, own: bool = False) -> None:
+                 cache_mb: float = 256.0, own: bool = False, dtype: torch.dtype = torch.float32) -> None:
         """``own=True``: the caller hands a writable float32 ``anchor_emb`` over, and it is normalised in
-        place (a 150k-anchor x 896 matrix is 0.5 GB; a normalised copy would double the peak)."""
+        place (a 150k-anchor x 896 matrix is 0.5 GB; a normalised copy would double the peak).
+        ``dtype=torch.float16`` keeps the unit anchors in half the memory (cosines change by ~1e-5;
+        relative vectors by ~2e-5 in L1 for Qwen2.5's embeddings)."""
         anchor = torch.as_tensor(anchor_emb)
         if anchor.ndim != 2 or anchor.shape[0] == 0:
             raise VocabAlignmentError(f"anchor embeddings must be a non-empty (A, d) matrix, got "
                                       f"{tuple(anchor.shape)}")
         inplace = own and anchor.dtype == torch.float32 and not (
             isinstance(anchor_emb, np.ndarray) and not anchor_emb.flags.writeable)
-        self.anchor_unit = unit_rows_(anchor) if inplace else unit_rows(anchor)  # (A, d)
+        unit = unit_rows_(anchor) if inplace else unit_rows(anchor)  # (A, d)
+        self.anchor_unit = unit if dtype == torch.float32 else unit.to(dtype)
         self.temperature = temperature
         self.n_anchors = int(anchor.shape[0])
         self.capacity = max(64, int(cache_mb * 2**20 / (4 * self.n_anchors)))

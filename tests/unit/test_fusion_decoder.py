@@ -85,7 +85,8 @@ def test_full_vocabulary_equals_the_dense_method(tmp_path_factory, chat):
     cfg = pool_from_dict({"experts": [{"name": "tiny-chat2", "source": f"dir:{other_dir}",
                                        "params_b": 0.001, "prompt": {"format": "chat"}}]})
     other = HFExpert(cfg.expert("tiny-chat2"))
-    dec = FusionDecoder([chat, other], config=FusionConfig(top_k=None, lr=0.5, skip_when_safe=False))
+    dec = FusionDecoder([chat, other], config=FusionConfig(top_k=None, lr=0.5, skip_when_safe=False,
+                                                          anchor_dtype="float32"))  # the exact method
     prompt = "Name a capital city"  # one whose first fused token is not EOS
     out = dec.generate(prompt, max_new_tokens=4)
 
@@ -248,3 +249,12 @@ def test_forked_decoders_share_anchors_not_caches(fused):
     assert len(twin.rows[0]) == 0 and twin.tokenizers == fused.tokenizers
     assert twin.generate(PROMPTS[1], max_new_tokens=8).token_ids == fused.generate(
         PROMPTS[1], max_new_tokens=8).token_ids
+
+
+def test_float16_anchor_option(chat, base):
+    dec = FusionDecoder([chat, base], config=FusionConfig(lr=0.5, anchor_dtype="float16"))
+    assert all(r.anchor_unit.dtype == torch.float16 for r in dec.rows)
+    out = dec.generate(PROMPTS[0], max_new_tokens=8)
+    assert len(out.token_ids) == 8 and out.n_searched > 0
+    with pytest.raises(ConfigError, match="anchor_dtype"):
+        FusionConfig(anchor_dtype="int8")

@@ -79,3 +79,17 @@ def test_owned_anchor_matrix_is_normalised_in_place_with_the_same_rows():
     read_only = anchors.copy()
     read_only.flags.writeable = False  # what Ray's object store hands out: copied, never written
     assert torch.equal(RelativeRows(read_only, own=True).anchor_unit, copied.anchor_unit)
+
+
+def test_float16_anchors_take_half_the_memory_and_nearly_the_same_rows():
+    emb, anchors = _emb(), np.arange(0, 300, 2)
+    full = RelativeRows(emb[torch.as_tensor(anchors)].numpy())
+    half = RelativeRows(emb[torch.as_tensor(anchors)].numpy(), dtype=torch.float16)
+    assert half.anchor_unit.dtype == torch.float16
+    assert half.anchor_unit.nbytes * 2 == full.anchor_unit.nbytes
+    ids = list(range(300))
+    a, b = full.ensure(ids, lambda m: emb[m].numpy()), half.ensure(ids, lambda m: emb[m].numpy())
+    assert b.dtype == torch.float32 and torch.allclose(b.sum(-1), torch.ones(300), atol=1e-5)
+    assert (a - b).abs().max() < 1e-2 and not torch.equal(a, b)  # d = 16 here: real d is 576-896
+    logp = torch.log_softmax(torch.randn(300, generator=torch.Generator().manual_seed(4)), -1)
+    assert (relative_vector(logp, a) - relative_vector(logp, b)).abs().sum() < 1e-2
