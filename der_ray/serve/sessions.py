@@ -1,9 +1,8 @@
 """``SessionHosts``: a fusion member backed by an expert *deployment*, with sticky KV-cache sessions.
 
 ``FusionDecoder`` drives members through ``submit(method, ...)`` / ``result(ref, timeout)`` /
-``ready(ref)`` (see
-``der_ray.fusion.members.Member``). Serve would balance each of those calls on its own, and a
-session's cache exists on one replica only. So:
+``ready(ref)`` (see ``der_ray.fusion.members.Member``). Serve would balance each of those calls on its
+own, and a session's cache exists on one replica only. So:
 - ``open_session`` asks the deployment for a host (``ExpertDeployment.session_host``: Serve picks the
   replica, which answers with its model actor) and records ``session_id -> actor``;
 - every later call naming that session goes straight to that actor; ``close_session`` forgets it;
