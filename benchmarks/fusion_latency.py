@@ -25,7 +25,6 @@ Targets (issue 5): latency ratio <= 1.3, memory ratio <= 1.2. Writes results/fus
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import os
@@ -76,9 +75,12 @@ class PeakPss:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> None:
+        self.peak_mb = max(self.peak_mb, sum(pss_mb(p) for p in self.pids))
+
     def _run(self) -> None:
         while True:
-            self.peak_mb = max(self.peak_mb, sum(pss_mb(p) for p in self.pids))
+            self._sample()
             if self._stop.wait(self.period_s):
                 return
 
@@ -89,7 +91,7 @@ class PeakPss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_mb = max(self.peak_mb, sum(pss_mb(p) for p in self.pids))
+        self._sample()
 
 
 def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -103,7 +105,7 @@ def _timed(decoder: Any, prompts: list[str], tokens: int) -> dict[str, Any]:
     for p in prompts:
         r = decoder.generate(p, max_new_tokens=tokens)
         lat, n, changed = lat + r.latency_s, n + len(r.token_ids), changed + r.n_changed
-        searched += getattr(r, "n_searched", 0)
+        searched += r.n_searched
     return {"ms_per_token": 1000 * lat / max(n, 1), "tokens": n, "seconds": lat, "changed_tokens": changed,
             "searched_steps": searched}
 
@@ -179,41 +181,37 @@ def main(argv: list[str] | None = None) -> int:
         from der_ray.experts.hf import HFExpert
 
         objs = {n: HFExpert(pool.expert(n)) for n in args.members}
-    pss = PeakPss([os.getpid(), *actor_pids.values()])
     try:
-        pss.__enter__()
-        solo = {n: SoloDecoder(objs[n], name=n, top_k=args.top_k) for n in args.members}
-        main_name = args.main or args.members[0]
-        cfg = FusionConfig(top_k=args.top_k, anchor_dir=str(cache_dir() / "anchors"))
-        if args.anchor_dtype:
-            cfg = dataclasses.replace(cfg, anchor_dtype=args.anchor_dtype)
-        t0 = time.perf_counter()
-        fusion = FusionDecoder([objs[n] for n in args.members], main=main_name, config=cfg,
-                               names=args.members)
-        setup_s = time.perf_counter() - t0
-        for d in solo.values():
-            d.generate(prompts[0], max_new_tokens=4)  # warm-up
-        for prompt in prompts:  # warm-up that also fills the relative-row cache
-            fusion.generate(prompt, max_new_tokens=args.tokens)
-        decoders: dict[str, Any] = {f"alone:{n}": d for n, d in solo.items()}
-        for feed in ("parallel", "lazy"):
-            dec = copy.copy(fusion)  # same members, anchors and row caches
-            dec.cfg = dataclasses.replace(cfg, feed=feed)
-            decoders[f"fused:{feed}"] = dec
-        # Rounds of every system in turn: load on the shared machine drifts, so each round's
-        # ratio compares measurements minutes apart at most, and the median of the rounds is reported.
-        rounds = [{k: _timed(d, prompts, args.tokens) for k, d in decoders.items()}
-                  for _ in range(args.rounds)]
-        alone = {n: _merge([r[f"alone:{n}"] for r in rounds]) for n in args.members}
-        schedules = {feed: _merge([r[f"fused:{feed}"] for r in rounds]) for feed in ("parallel", "lazy")}
-        slowest = max(alone, key=lambda n: alone[n]["ms_per_token"])
-        by_round = {feed: [r[f"fused:{feed}"]["ms_per_token"] / r[f"alone:{slowest}"]["ms_per_token"]
-                           for r in rounds] for feed in schedules}
-        fused = {**schedules[cfg.feed], "feed": cfg.feed, "setup_s": setup_s,
-                 "anchors": len(fusion.anchors.ids[0]), "main": main_name}
-        rss = {"driver": vm_hwm_mb(), **{f"actor:{n}": vm_hwm_mb(pid) for n, pid in actor_pids.items()}}
-        shared = {"driver": status_mb("RssShmem")}  # object-store pages, also in the actors' RSS
-        pss.__exit__()
+        with PeakPss([os.getpid(), *actor_pids.values()]) as pss:
+            solo = {n: SoloDecoder(objs[n], name=n, top_k=args.top_k) for n in args.members}
+            main_name = args.main or args.members[0]
+            cfg = FusionConfig(top_k=args.top_k, anchor_dir=str(cache_dir() / "anchors"))
+            if args.anchor_dtype:
+                cfg = dataclasses.replace(cfg, anchor_dtype=args.anchor_dtype)
+            t0 = time.perf_counter()
+            fusion = FusionDecoder([objs[n] for n in args.members], main=main_name, config=cfg,
+                                   names=args.members)
+            setup_s = time.perf_counter() - t0
+            for d in solo.values():
+                d.generate(prompts[0], max_new_tokens=4)  # warm-up
+            for prompt in prompts:  # warm-up that also fills the relative-row cache
+                fusion.generate(prompt, max_new_tokens=args.tokens)
+            decoders: dict[str, Any] = {f"alone:{n}": d for n, d in solo.items()}
+            for feed in ("parallel", "lazy"):  # same members, anchors and row caches
+                decoders[f"fused:{feed}"] = fusion.with_config(feed=feed)
+            # Rounds of every system in turn: load on the shared machine drifts, so each round's
+            # ratio compares measurements minutes apart at most, and the median of the rounds is reported.
+            rounds = [{k: _timed(d, prompts, args.tokens) for k, d in decoders.items()}
+                      for _ in range(args.rounds)]
+            alone = {n: _merge([r[f"alone:{n}"] for r in rounds]) for n in args.members}
+            schedules = {feed: _merge([r[f"fused:{feed}"] for r in rounds]) for feed in ("parallel", "lazy")}
+            slowest = max(alone, key=lambda n: alone[n]["ms_per_token"])
+            by_round = {feed: [r[f"fused:{feed}"]["ms_per_token"] / r[f"alone:{slowest}"]["ms_per_token"]
+                               for r in rounds] for feed in schedules}
+            fused = {**schedules[cfg.feed], "feed": cfg.feed, "setup_s": setup_s,
+                     "anchors": len(fusion.anchors.ids[0]), "main": main_name}
+            rss = {"driver": vm_hwm_mb(), **{f"actor:{n}": vm_hwm_mb(pid) for n, pid in actor_pids.items()}}
+            shared = {"driver": status_mb("RssShmem")}  # object-store pages, also in the actors' RSS
     finally:
         if args.actors:
             experts.shutdown()

@@ -1,4 +1,5 @@
-"""Starting or joining Ray, and process-level settings, for entrypoints only (never at import).
+"""Starting or joining Ray, and process-level settings, for entrypoints only (never at import);
+``release_freed_heap`` is the one helper library code may call.
 
 Under ``ray job submit`` the job's environment carries ``RAY_ADDRESS`` and we simply connect. A local
 run starts a private single-node cluster bound to the loopback interface (Ray otherwise listens on
@@ -31,8 +32,8 @@ def release_freed_heap() -> None:
     import ctypes
     import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    if sys.platform.startswith("linux") and name:
+    name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    if name:
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(name).malloc_trim(0)
 

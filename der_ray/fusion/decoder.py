@@ -158,12 +158,16 @@ class FusionDecoder:
                                   dtype=getattr(torch, self.cfg.anchor_dtype))
                      for i, m in enumerate(self.members)]
 
-    def with_lr(self, lr: float) -> FusionDecoder:
-        """The same decoder (members, anchors, relative-row caches) with another inverse-search η,
-        for choosing η on dev rows as the paper does without rebuilding anything."""
+    def with_config(self, **changes: Any) -> FusionDecoder:
+        """The same decoder (members, anchors, relative-row caches) with per-request settings changed
+        (η, feeding schedule, ...); settings that shape the anchors or rows need a new decoder."""
         other = copy.copy(self)
-        other.cfg = dataclasses.replace(self.cfg, lr=lr)
+        other.cfg = dataclasses.replace(self.cfg, **changes)
         return other
+
+    def with_lr(self, lr: float) -> FusionDecoder:
+        """Another inverse-search η, for choosing η on dev rows as the paper does without rebuilding."""
+        return self.with_config(lr=lr)
 
     def fork(self) -> FusionDecoder:
         """Another decoder over the same members, anchors and tokenizers with its own relative-row
@@ -357,12 +361,16 @@ class _Run:
             self.behind.add(i)
         start = [main]
         if not self.lazy:  # members still busy with earlier text get all they missed when free
-            free = [i for i, p in ((i, self.inflight[i]) for i in self.active)
-                    if i != main and (p is None or self.d.members[i].ready(p))]
+            free = [i for i in self.active if i != main and self._idle(i)]
             self._finish(free)
             start += free
         self._submit(start)
         self._finish([main])
+
+    def _idle(self, i: int) -> bool:
+        """Whether member ``i`` has no call in flight, or only a finished one."""
+        pending = self.inflight[i]
+        return pending is None or self.d.members[i].ready(pending)
 
     def _catch_up(self, members: Sequence[int]) -> None:
         """Bring the members' sessions and distributions up to all the emitted text."""
